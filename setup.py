@@ -1,0 +1,31 @@
+"""Installs the `control_pretrain` package from src/ (``pip install -e .``, tests: ``pip install -e .[test]``).
+
+torch is required but not pinned to a build: scripts/ install the CPU wheel (torch==2.13.0) first so pip never
+pulls a CUDA build on a CPU machine; GPU images install their own CUDA torch before this package.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="control-pretrain",
+    version="0.1.0",
+    description="Self-supervised multi-task pretraining of control transformers on dm_control (SMART and kin)",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    install_requires=[
+        "torch>=2.1,<3",
+        "lightning>=2.4,<3",
+        "torchmetrics>=1.4",
+        "dm_control==1.0.50",
+        "mujoco==3.17.0",  # mujoco 4 breaks dm_control 1.0.50 at the first suite.load (platform.md §1)
+        "h5py>=3.10",
+        "numpy>=1.24",
+        "jsonargparse[signatures]>=4.30",
+        "tensorboard>=2.15",
+        "rich>=13",
+        "imageio>=2.30",
+        "imageio-ffmpeg>=0.5",
+    ],
+    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+)

@@ -1,0 +1,1 @@
+"""Online RL agents (SAC for data collection)."""

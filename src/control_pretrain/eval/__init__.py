@@ -1,0 +1,1 @@
+"""Policy rollouts in dm_control and their statistics."""

@@ -1,0 +1,1 @@
+"""The control transformer and its encoders."""

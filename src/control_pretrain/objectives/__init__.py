@@ -1,0 +1,1 @@
+"""One class per training objective (SMART pretraining objectives, BC and return-conditioned control)."""
