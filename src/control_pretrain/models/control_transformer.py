@@ -1,0 +1,246 @@
+"""The control transformer: a GPT trunk over interleaved observation/action tokens (SMART, smart.md §2.1-2.4).
+
+The trunk is reward-free: tokens are [o_0, a_0, o_1, a_1, ..., o_{K-1}, a_{K-1}] (2K tokens), return-to-go only
+enters at a policy head (objectives/policy.py). Pretraining and policy heads live in objectives/, one class
+each; this file only holds the encoders, the trunk and the EMA target encoder.
+
+Deviations from the reference (microsoft/smart mingpt.py):
+- Timestep embedding: a ``max_timestep``-row table indexed by each step's own in-episode timestep, instead of
+  one 10,001-row table indexed by the window's first step and broadcast to every token (smart.md §2.2, §5.3).
+- Masked inputs use a learned ``mask_token`` instead of the constant -1 embedding (used by RMHC).
+- ``F.scaled_dot_product_attention`` with boolean masks instead of materialised -inf attention (§5.3).
+- The EMA target encoder is updated by ``update_target``, which the training loop calls after each optimiser
+  step, never inside ``forward`` (the original also moved it during validation, smart.md §5.2.7).
+- Observation encoders keep PyTorch's default init as in the original; everything else is N(0, 0.02).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .encoders import ActionEncoder, PixelEncoder, StateEncoder
+from .masks import causal_mask, inverse_mask
+
+
+@dataclass
+class ControlTransformerConfig:
+    """Everything needed to rebuild a ``ControlTransformer`` (stored in checkpoints via ``to_config``)."""
+
+    obs_type: Literal["pixels", "state"] = "pixels"  # pixel frames (uint8) or proprioceptive vectors
+    obs_dim: int = 0  # proprioceptive observation width (state only)
+    action_dim: int = 6  # action width (the concatenated per-domain slot layout when multi-domain)
+    n_layer: int = 8  # transformer blocks
+    n_head: int = 8  # attention heads per block
+    n_embd: int = 256  # token width C
+    context_length: int = 30  # K steps per window, 2K tokens
+    max_timestep: int = 1024  # rows of the per-step timestep table; larger timesteps share the last row
+    dropout: float = 0.1  # embedding, attention and residual dropout
+    state_hidden: int = 256  # hidden width of the state encoder MLP
+
+    def __post_init__(self) -> None:
+        if self.obs_type not in ("pixels", "state"):
+            raise ValueError(f"obs_type must be 'pixels' or 'state', got {self.obs_type!r}")
+        if self.obs_type == "state" and self.obs_dim <= 0:
+            raise ValueError("obs_type='state' needs obs_dim > 0")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT init: Linear/Embedding weights N(0, 0.02), biases 0, LayerNorm (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on Linear/Conv weight matrices only; biases, LayerNorms, embeddings, learned tokens
+    (``pos_emb``, ``mask_token``) get none (smart.md §2.9). Frozen parameters (the EMA target) are left out."""
+    decay, no_decay, seen = [], [], set()
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            is_matrix = name == "weight" and isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+            (decay if is_matrix else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; the boolean ``attn_mask`` (True = may attend) or None (bidirectional)."""
+
+    def __init__(self, config: ControlTransformerConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.c_proj(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ControlTransformerConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x += Attn(LN(x)); x += MLP(LN(x))."""
+
+    def __init__(self, config: ControlTransformerConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+def split_tokens(hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L, C) interleaved outputs -> outputs at observation tokens (B, T, C) and action tokens (B, Ta, C)."""
+    return hidden[:, 0::2], hidden[:, 1::2]
+
+
+class ControlTransformer(nn.Module):
+    """Encoders + GPT trunk + EMA target observation encoder. Heads live in objectives/."""
+
+    def __init__(self, config: ControlTransformerConfig):
+        super().__init__()
+        self.config = config
+        C, K = config.n_embd, config.context_length
+        if config.obs_type == "pixels":
+            self.obs_encoder: nn.Module = PixelEncoder(C)
+        else:
+            self.obs_encoder = StateEncoder(config.obs_dim, C, config.state_hidden)
+        self.action_encoder = ActionEncoder(config.action_dim, C)
+        # Per-step timestep table (fix of smart.md §2.2: the original indexed one 10,001-row table by the
+        # window's first timestep only, so tokens did not know their own step and 97% of the rows were unused).
+        self.timestep_emb = nn.Embedding(config.max_timestep, C)
+        self.pos_emb = nn.Parameter(torch.zeros(1, 2 * K, C))  # zero-init, as in the original
+        self.mask_token = nn.Parameter(torch.zeros(C))  # replaces masked input tokens (RMHC)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(C)
+        for name, child in self.named_children():
+            if name != "obs_encoder":
+                child.apply(init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.target_obs_encoder = copy.deepcopy(self.obs_encoder).requires_grad_(False)
+        # Derivable, so not stored in checkpoints (persistent=False).
+        self.register_buffer("causal_mask", causal_mask(2 * K), persistent=False)
+        self.register_buffer("inverse_mask", inverse_mask(K), persistent=False)
+
+    # ---- construction -------------------------------------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | ControlTransformerConfig) -> ControlTransformer:
+        return cls(config if isinstance(config, ControlTransformerConfig) else ControlTransformerConfig(**config))
+
+    # ---- encoders -----------------------------------------------------------------------------------------
+    def _encode(self, encoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        if self.config.obs_type == "pixels":
+            frames = batch["pixels"]  # (B, T, 3, 84, 84) uint8
+            return encoder(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])  # (B, T, C)
+        return encoder(batch["observations"])  # (B, T, C)
+
+    def encode_observations(self, batch: dict[str, Tensor]) -> Tensor:
+        """Online observation tokens (B, T, C) from ``batch['pixels']`` or ``batch['observations']``."""
+        return self._encode(self.obs_encoder, batch)
+
+    @torch.no_grad()
+    def encode_target(self, batch: dict[str, Tensor]) -> Tensor:
+        """EMA-target observation latents (B, T, C), without gradient (forward-dynamics targets)."""
+        return self._encode(self.target_obs_encoder, batch)
+
+    @torch.no_grad()
+    def update_target(self, tau: float = 0.005) -> None:
+        """target <- (1 - tau) * target + tau * online. Call after each optimiser step, never in forward."""
+        for p_target, p in zip(self.target_obs_encoder.parameters(), self.obs_encoder.parameters(), strict=True):
+            p_target.lerp_(p, tau)
+
+    def embed_actions(self, actions: Tensor) -> Tensor:
+        return self.action_encoder(actions)  # (B, Ta, C)
+
+    def attn_mask(self, kind: Literal["causal", "inverse", "full"]) -> Tensor | None:
+        """The 2K-token mask of a pass kind (``forward_tokens`` cuts it to shorter sequences); full = None."""
+        return {"causal": self.causal_mask, "inverse": self.inverse_mask, "full": None}[kind]
+
+    # ---- trunk --------------------------------------------------------------------------------------------
+    def forward_tokens(
+        self,
+        obs_emb: Tensor,
+        act_emb: Tensor,
+        timesteps: Tensor,
+        attn_mask: Tensor | None = None,
+        obs_replace: Tensor | None = None,
+        act_replace: Tensor | None = None,
+    ) -> Tensor:
+        """Run the trunk on interleaved tokens and return the hidden states after ``ln_f``.
+
+        obs_emb (B, T, C), act_emb (B, Ta, C) with Ta = T (2T tokens) or Ta = T-1 (2T-1 tokens, the sequence ends
+        with the newest observation, as at rollout time), timesteps (B, T) in-episode steps, T <= K.
+        attn_mask: bool (L, L) or larger (its top-left L×L block is used; the causal and inverse masks are
+        prefix-consistent), or None for bidirectional attention. obs_replace (B, T) / act_replace (B, Ta): tokens
+        whose input embedding is replaced by ``mask_token`` (before timestep and position embeddings are added).
+        Returns (B, T + Ta, C).
+        """
+        B, T, C = obs_emb.shape
+        Ta = act_emb.shape[1]
+        if Ta not in (T, T - 1) or T > self.config.context_length:
+            raise ValueError(f"got {T} observations and {Ta} actions; need Ta in (T, T-1) and T <= K")
+        if obs_replace is not None:
+            obs_emb = torch.where(obs_replace.unsqueeze(-1), self.mask_token, obs_emb)  # (B, T, C)
+        if act_replace is not None:
+            act_emb = torch.where(act_replace.unsqueeze(-1), self.mask_token, act_emb)  # (B, Ta, C)
+        step_emb = self.timestep_emb(timesteps.clamp(0, self.config.max_timestep - 1))  # (B, T, C)
+        obs_tok = obs_emb + step_emb  # (B, T, C)
+        act_tok = F.pad(act_emb + step_emb[:, :Ta], (0, 0, 0, T - Ta))  # (B, T, C), zero row if Ta = T-1
+        L = T + Ta
+        x = torch.stack((obs_tok, act_tok), dim=2).reshape(B, 2 * T, C)[:, :L]  # (B, L, C)
+        x = self.drop(x + self.pos_emb[:, :L])  # (B, L, C)
+        if attn_mask is not None:
+            attn_mask = attn_mask[:L, :L]
+        for block in self.blocks:
+            x = block(x, attn_mask)  # (B, L, C)
+        return self.ln_f(x)  # (B, L, C)
+
+    forward = forward_tokens
+
+    def num_params(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_params() / 1e6:.2f}M trainable parameters"

@@ -1,0 +1,55 @@
+"""Observation and action encoders that turn one step into one n_embd-wide token (smart.md §2.2).
+
+The pixel encoder takes uint8 frames and normalises them itself, so batches stay uint8 (4× smaller) until they
+reach the device (fixes smart.md §5.3, "heavy samples shipped as float32"). Observation encoders keep PyTorch's
+default (Kaiming-uniform) init, as in the original where the CNN was built after ``_init_weights`` ran; an
+N(0, 0.02) init would shrink the signal through the ReLU stack.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class PixelEncoder(nn.Module):
+    """Nature-DQN CNN: uint8 (N, 3, 84, 84) frames -> (N, n_embd) Tanh latent."""
+
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, kernel_size=8, stride=4), nn.ReLU(),  # (N, 32, 20, 20)
+            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),  # (N, 64, 9, 9)
+            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),  # (N, 64, 7, 7)
+            nn.Flatten(),  # (N, 3136)
+            nn.Linear(3136, n_embd), nn.Tanh(),  # (N, C)
+        )  # fmt: skip
+
+    def forward(self, frames: Tensor) -> Tensor:
+        if frames.dtype != torch.uint8:
+            # Guards against normalising twice: the data pipeline must hand over raw uint8 frames.
+            raise TypeError(f"PixelEncoder expects uint8 frames, got {frames.dtype}")
+        x = frames.to(self.net[0].weight.dtype) / 255.0  # (N, 3, 84, 84) in [0, 1]
+        return self.net(x)  # (N, C)
+
+
+class StateEncoder(nn.Module):
+    """MLP for proprioceptive vectors: (..., obs_dim) -> (..., n_embd) Tanh latent."""
+
+    def __init__(self, obs_dim: int, n_embd: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.GELU(), nn.Linear(hidden, n_embd), nn.Tanh())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs)  # (..., C)
+
+
+class ActionEncoder(nn.Module):
+    """Linear + Tanh action token: (..., action_dim) -> (..., n_embd)."""
+
+    def __init__(self, action_dim: int, n_embd: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(action_dim, n_embd), nn.Tanh())
+
+    def forward(self, actions: Tensor) -> Tensor:
+        return self.net(actions)  # (..., C)
