@@ -1,0 +1,1 @@
+"""Dataset format, readers, writers, collectors and DataModules."""

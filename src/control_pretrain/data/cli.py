@@ -1,0 +1,138 @@
+"""``python src/dmc_data.py {collect,inspect,import-smart}``: make, check and convert dataset files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+
+from ..envs.dmc import EnvSpecError
+from .errors import DatasetError
+
+
+def load_task_set(path: str) -> dict[str, list[str]]:
+    """A task-set JSON as in SMART's configs/pretrain_configs: ``{"walker": ["stand", "run"], ...}``."""
+    try:
+        with open(path) as f:
+            tasks = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such task-set file (see configs/pretrain_configs/).") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path}: not valid JSON ({err}).") from None
+    if not isinstance(tasks, dict) or not all(isinstance(v, list) and v for v in tasks.values()):
+        raise DatasetError(f'{path}: expected {{"domain": ["task", ...], ...}}, found {tasks!r}.')
+    return tasks
+
+
+def _collect(args: argparse.Namespace) -> None:
+    from .collect import CollectJob, collect_many
+
+    if args.multi_config:
+        pairs = [(d, t) for d, ts in load_task_set(args.multi_config).items() for t in ts]
+    elif args.domain and args.task:
+        pairs = [(args.domain, t) for t in args.task]
+    else:
+        raise DatasetError("collect needs --domain and --task, or --multi_config TASKSET.json.")
+    jobs = [
+        CollectJob(domain=d, task=t, replay_id=r, num_steps=args.num_steps, data_dir_prefix=args.data_dir_prefix,
+                   policy=args.policy, pixels=args.pixels, seed=args.seed, action_repeat=args.action_repeat,
+                   height=args.height, width=args.width, camera_id=args.camera_id, fast_render=args.fast_render,
+                   overwrite=args.overwrite)
+        for d, t in pairs for r in args.replay_id
+    ]
+    workers = args.workers or min(len(jobs), os.cpu_count() or 1)
+    for path in collect_many(jobs, workers=workers, quiet=args.quiet):
+        print(path)
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .schema import open_h5, validate
+
+    for path in args.files:
+        info = validate(path)
+        r, lengths = info.episode_returns, info.episode_lengths
+        a = info.attrs
+        print(f"{path}: valid (schema {a['schema_version']})")
+        print(f"  task      {a['domain']}-{a['task']}  policy={a['policy']}  seed={a['seed']}  "
+              f"replay_id={a['replay_id']}  action_repeat={a['action_repeat']}")
+        print(f"  steps     {info.num_steps}  episodes={info.num_episodes}  "
+              f"length min/mean/max={lengths.min()}/{lengths.mean():.1f}/{lengths.max()}")
+        print(f"  returns   mean={r.mean():.2f}  std={r.std():.2f}  min={r.min():.2f}  "
+              f"median={np.median(r):.2f}  max={r.max():.2f}")
+        with open_h5(path) as h5:
+            for key in h5:
+                d = h5[key]
+                print(f"  {key:<13} {str(d.shape):<22} {d.dtype}  chunks={d.chunks}")
+        print(f"  obs_keys  {', '.join(a['obs_keys'])}")
+        others = {k: v for k, v in a.items() if k not in ("obs_keys",)}
+        print("  attrs     " + "  ".join(f"{k}={v}" for k, v in sorted(others.items())))
+
+
+def _import_smart(args: argparse.Namespace) -> None:
+    from .import_smart import import_smart
+
+    info = import_smart(args.src, args.out, domain=args.domain, task=args.task, replay_id=args.replay_id,
+                        trust_pickle=args.trust_pickle, episode_len=args.episode_len,
+                        action_repeat=args.action_repeat)
+    print(f"{args.out}: {info.num_steps} steps, {info.num_episodes} episodes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmc_data.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("collect", help="run dm_control with a policy and write dataset files")
+    c.add_argument("--domain", help="dm_control domain, e.g. cheetah")
+    c.add_argument("--task", nargs="+", help="one or more tasks of --domain, e.g. run")
+    c.add_argument("--multi_config", help="a task-set JSON ({domain: [tasks]}) instead of --domain/--task")
+    c.add_argument("--policy", default="random", choices=["random"], help="random: randcollect files")
+    c.add_argument("--num_steps", type=int, default=20000, help="agent steps per file (rounded up to whole episodes)")
+    c.add_argument("--replay_id", type=int, nargs="+", default=[1], help="one file per replay id (s{id})")
+    c.add_argument("--data_dir_prefix", default="data", help="root folder of the dataset layout")
+    c.add_argument("--pixels", action="store_true", help="also render and store 84x84 RGB frames")
+    c.add_argument("--seed", type=int, default=None, help="environment and policy seed (default: the replay id)")
+    c.add_argument("--action_repeat", type=int, default=4, help="physics steps per agent step (4: 250-step episodes)")
+    c.add_argument("--height", type=int, default=84, help="frame height")
+    c.add_argument("--width", type=int, default=84, help="frame width")
+    c.add_argument("--camera_id", type=int, default=None, help="camera (default: 0, or 2 for quadruped)")
+    c.add_argument("--fast_render", action="store_true",
+                   help="no shadows/reflections/MSAA: ~20x faster on CPU, but a different visual domain")
+    c.add_argument("--overwrite", action="store_true", help="replace existing files")
+    c.add_argument("--workers", type=int, default=0, help="parallel processes (default: min(jobs, cores))")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_collect)
+
+    i = sub.add_parser("inspect", help="validate dataset files and print a summary")
+    i.add_argument("files", nargs="+", help="dataset .h5 files")
+    i.set_defaults(func=_inspect)
+
+    m = sub.add_parser("import-smart", help="convert an original SMART buffer folder (.pt chunks) to HDF5")
+    m.add_argument("--src", required=True, help="folder in the SMART release layout (or its buffer/ folder)")
+    m.add_argument("--out", required=True, help="output .h5 file")
+    m.add_argument("--domain", help="override the domain parsed from the path")
+    m.add_argument("--task", help="override the task parsed from the path")
+    m.add_argument("--replay_id", type=int, help="override the replay id parsed from the path")
+    m.add_argument("--episode_len", type=int, default=None, help="expected agent steps per episode (default 250)")
+    m.add_argument("--action_repeat", type=int, default=4, help="action repeat the data was collected with")
+    m.add_argument("--trust-pickle", dest="trust_pickle", action="store_true",
+                   help="allow arbitrary pickled objects (executes code from the files: trusted files only)")
+    m.set_defaults(func=_import_smart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (DatasetError, EnvSpecError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no partial file was kept under a final name", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,175 @@
+"""Collects dataset files by running a policy in dm_control (``python src/dmc_data.py collect``).
+
+The reference data came from ycsun2017/data_collect_dmc (smart.md §1.1): ``randcollect`` = uniformly random
+actions, ``fullcollect`` = the whole replay of a learning state-based SAC agent. Episodes are written whole, to a
+temporary file renamed on completion, so an interrupted collection leaves nothing under the final name.
+Several (task, replay id) jobs run in parallel processes, reporting progress to one bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..envs.dmc import CAMERA_BY_DOMAIN, DMCEnv, check_task, make_env
+from .errors import DatasetError
+from .schema import POLICY_KIND, dataset_path
+from .writer import TrajectoryWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectJob:
+    """One file to collect: ``{prefix}/{kind}_{domain}_{task}/{domain}_{task}_s{replay_id}.h5``."""
+
+    domain: str
+    task: str
+    replay_id: int
+    num_steps: int
+    data_dir_prefix: str = "data"
+    policy: str = "random"
+    pixels: bool = False
+    seed: int | None = None  # default: the replay id, so replay ids differ
+    action_repeat: int = 4
+    height: int = 84
+    width: int = 84
+    camera_id: int | None = None
+    fast_render: bool = False
+    overwrite: bool = False
+
+    @property
+    def path(self) -> str:
+        return dataset_path(self.data_dir_prefix, POLICY_KIND[self.policy], self.domain, self.task, self.replay_id)
+
+    @property
+    def run_seed(self) -> int:
+        return self.replay_id if self.seed is None else self.seed
+
+
+def record_episode(env: DMCEnv, act: Callable[[np.ndarray], np.ndarray], pixels: bool) -> dict[str, np.ndarray]:
+    """Run one episode; row i holds what the agent saw when it chose ``actions[i]`` and the reward that followed."""
+    obs = env.reset()
+    rows: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "physics")}
+    frames = []
+    while True:
+        rows["observations"].append(obs)
+        rows["physics"].append(env.physics_state())
+        if pixels:
+            frames.append(env.render())
+        action = np.clip(np.asarray(act(obs), np.float32), -1.0, 1.0)
+        obs, reward, terminal, timeout = env.step(action)
+        rows["actions"].append(action)
+        rows["rewards"].append(reward)
+        rows["terminals"].append(terminal)
+        rows["timeouts"].append(timeout)
+        if terminal or timeout:
+            break
+    episode = {k: np.asarray(v) for k, v in rows.items()}
+    if pixels:
+        episode["pixels"] = np.stack(frames)
+    return episode
+
+
+def file_attrs(job: CollectJob, env: DMCEnv) -> dict:
+    return {
+        "domain": job.domain,
+        "task": job.task,
+        "policy": job.policy,
+        "seed": job.run_seed,
+        "replay_id": job.replay_id,
+        "action_repeat": job.action_repeat,
+        "obs_keys": env.obs_keys,
+        "render_height": job.height if job.pixels else 0,
+        "render_width": job.width if job.pixels else 0,
+        "render_camera": env.camera_id if job.pixels else -1,
+        "render_fast": bool(job.fast_render),
+    }
+
+
+def collect_random(job: CollectJob, progress: Callable[[int], None] | None = None) -> str:
+    """Uniformly random actions until at least ``num_steps`` steps, in whole episodes."""
+    if os.path.exists(job.path) and not job.overwrite:
+        raise DatasetError(f"{job.path} already exists; pass --overwrite to replace it, or pick another --replay_id.")
+    env = make_env(job.domain, job.task, seed=job.run_seed, action_repeat=job.action_repeat, pixels=job.pixels,
+                   height=job.height, width=job.width, camera_id=job.camera_id, fast_render=job.fast_render)
+    rng = np.random.default_rng(job.run_seed)
+
+    def act(_obs: np.ndarray) -> np.ndarray:
+        return rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
+
+    pixel_shape = (3, job.height, job.width) if job.pixels else None
+    try:
+        with TrajectoryWriter(job.path, file_attrs(job, env), env.obs_dim, env.action_dim, env.state_dim,
+                              pixel_shape) as writer:
+            while writer.num_steps < job.num_steps:
+                episode = record_episode(env, act, job.pixels)
+                writer.append_episode(episode)
+                if progress:
+                    progress(len(episode["actions"]))
+    finally:
+        env.close()
+    return job.path
+
+
+COLLECTORS = {"random": collect_random}
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_job(job: CollectJob, queue=None) -> str:
+    # SIGTERM (a killed job) unwinds like Ctrl-C so the writer removes its temporary file.
+    signal.signal(signal.SIGTERM, _interrupt)
+    report = (lambda n: queue.put((job.path, n))) if queue is not None else None
+    return COLLECTORS[job.policy](job, report)
+
+
+def collect_many(jobs: list[CollectJob], workers: int = 1, quiet: bool = False) -> list[str]:
+    """Run jobs, ``workers`` at a time in separate processes, with one progress bar per job."""
+    for job in jobs:
+        check_task(job.domain, job.task)
+        if job.policy not in COLLECTORS:
+            raise DatasetError(f"unknown --policy '{job.policy}'; available: {', '.join(COLLECTORS)}")
+        if job.camera_id is None and job.domain in CAMERA_BY_DOMAIN and job.pixels:
+            log.info("%s: rendering from camera %d", job.domain, CAMERA_BY_DOMAIN[job.domain])
+        if os.path.exists(job.path) and not job.overwrite:
+            raise DatasetError(f"{job.path} already exists; pass --overwrite to replace it, or pick another "
+                               "--replay_id.")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=quiet) as bar:
+        tasks = {j.path: bar.add_task(f"{j.domain}-{j.task} s{j.replay_id}", total=j.num_steps) for j in jobs}
+        if workers <= 1:
+            return [_collect_inline(j, bar, tasks[j.path]) for j in jobs]
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # GL contexts and forked MuJoCo state do not mix
+        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            queue = manager.Queue()
+            futures = {pool.submit(_run_job, j, queue): j for j in jobs}
+            pending = set(futures)
+            while pending:
+                while not queue.empty():
+                    path, n = queue.get()
+                    bar.advance(tasks[path], n)
+                done = {f for f in pending if f.done()}
+                for f in done:
+                    f.result()  # re-raises a worker's error
+                pending -= done
+                if pending:
+                    time.sleep(0.2)
+            return [f.result() for f in futures]
+
+
+def _collect_inline(job: CollectJob, bar, task_id) -> str:
+    return COLLECTORS[job.policy](job, lambda n: bar.advance(task_id, n))

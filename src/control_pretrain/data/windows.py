@@ -1,0 +1,165 @@
+"""Fixed-length windows of K consecutive steps that never cross an episode, file or task boundary.
+
+All valid window starts are enumerated once (vectorised, from each file's episode index), so drawing a window is
+an O(1) lookup, and a whole batch is one fancy-indexed gather (``__getitems__``, which torch's DataLoader calls
+with the batch's indices). This replaces the reference's per-sample linear scan over ``done_idxs``, which also
+let windows straddle episodes after the first buffer (smart.md §1.5, §5.2.4, §5.3).
+
+Several domains are combined in a concatenated slot layout (smart.md §2.8): each domain's observation and action
+vectors sit in their own slice of one wider vector, zero elsewhere, and ``action_mask`` marks the domain's slice
+so losses can ignore the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .episodes import EpisodeIndex
+from .errors import DatasetError
+from .trajectory_file import TrajectoryFile
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where each domain's vector sits inside the concatenated vector: ``slots[domain] = (offset, size)``."""
+
+    slots: dict[str, tuple[int, int]]
+
+    @classmethod
+    def from_sizes(cls, sizes: Sequence[tuple[str, int]]) -> "SlotLayout":
+        slots, offset = {}, 0
+        for domain, size in sizes:
+            if domain in slots:
+                if slots[domain][1] != size:
+                    raise DatasetError(f"domain '{domain}' appears with vector sizes {slots[domain][1]} and {size}")
+                continue
+            slots[domain] = (offset, size)
+            offset += size
+        return cls(slots)
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size in self.slots.values())
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {d: [o, s] for d, (o, s) in self.slots.items()}
+
+
+def passthrough_collate(batch):
+    """The dataset already returns whole batches from ``__getitems__``."""
+    return batch
+
+
+class EpisodeWindowDataset(Dataset):
+    """Windows over one or more ``TrajectoryFile``s.
+
+    Args:
+        files: the files; each is its own task segment, so no window crosses files.
+        context_length: K, the steps per window.
+        episodes: per file, the episode numbers to draw windows from (None: all).
+        task_ids: per file, an integer task id returned with each window (default: the file's position).
+        obs_layout / action_layout: slot layouts by domain (default: one slot per domain in file order).
+        state: return ``observations``; pixels: return ``pixels`` (uint8; the files must hold frames).
+        pixel_cache_bytes: frames of whole files are loaded into RAM while they fit in this budget (shared with
+            forked DataLoader workers); the rest are read from disk per window.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[TrajectoryFile],
+        context_length: int,
+        episodes: Sequence[np.ndarray | None] | None = None,
+        task_ids: Sequence[int] | None = None,
+        obs_layout: SlotLayout | None = None,
+        action_layout: SlotLayout | None = None,
+        state: bool = True,
+        pixels: bool = False,
+        pixel_cache_bytes: int = 0,
+    ) -> None:
+        if not files:
+            raise DatasetError("no dataset files were given")
+        self.files, self.K, self.state, self.pixels = list(files), int(context_length), state, pixels
+        self.obs_layout = obs_layout or SlotLayout.from_sizes([(f.domain, f.obs_dim) for f in files])
+        self.action_layout = action_layout or SlotLayout.from_sizes([(f.domain, f.action_dim) for f in files])
+        domains = list(self.action_layout.slots)
+        task_ids = list(task_ids) if task_ids is not None else list(range(len(files)))
+        episodes = list(episodes) if episodes is not None else [None] * len(files)
+
+        sizes = [f.num_steps for f in files]
+        self.file_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        total = int(self.file_offsets[-1])
+        self.observations = np.zeros((total, self.obs_layout.size), np.float32) if state else None
+        self.actions = np.zeros((total, self.action_layout.size), np.float32)
+        self.rewards = np.empty(total, np.float32)
+        self.rtg = np.empty(total, np.float32)
+        self.timesteps = np.empty(total, np.int64)
+        self.action_masks = np.zeros((len(files), self.action_layout.size), np.float32)
+        self.file_task = np.asarray(task_ids, np.int64)
+        self.file_domain = np.asarray([domains.index(f.domain) for f in files], np.int64)
+
+        starts, window_file = [], []
+        for i, (f, sel) in enumerate(zip(files, episodes)):
+            lo, hi = self.file_offsets[i], self.file_offsets[i + 1]
+            a_off, a_dim = self.action_layout.slots[f.domain]
+            self.actions[lo:hi, a_off : a_off + a_dim] = f.actions
+            self.action_masks[i, a_off : a_off + a_dim] = 1.0
+            if state:
+                o_off, o_dim = self.obs_layout.slots[f.domain]
+                self.observations[lo:hi, o_off : o_off + o_dim] = f.observations
+            self.rewards[lo:hi] = f.rewards
+            self.rtg[lo:hi] = f.index.returns_to_go(f.rewards)
+            self.timesteps[lo:hi] = f.index.timesteps()
+            index = f.index if sel is None else EpisodeIndex(f.index.starts[sel], f.index.ends[sel])
+            s = index.window_starts(self.K) + lo
+            starts.append(s)
+            window_file.append(np.full(len(s), i, np.int32))
+        self.starts = np.concatenate(starts)
+        self.window_file = np.concatenate(window_file)
+        if len(self.starts) == 0:
+            raise DatasetError(
+                f"no complete window of {self.K} steps in {', '.join(f.path for f in files)}: every selected "
+                "episode is shorter than the context length. Lower --model.context_length or use longer episodes."
+            )
+        self._arange = np.arange(self.K)
+        if pixels:
+            budget = pixel_cache_bytes
+            for f in files:
+                if f.pixels is None:
+                    raise DatasetError(f"{f.path}: opened without frames, but pixel windows were asked for.")
+                if f.pixels.nbytes <= budget:
+                    f.pixels.load_into_ram()
+                    budget -= f.pixels.nbytes
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        starts = self.starts[idx]  # (B,)
+        steps = starts[:, None] + self._arange  # (B, K)
+        files = self.window_file[idx]
+        batch = {
+            "actions": self.actions[steps],  # (B, K, A)
+            "rewards": self.rewards[steps],  # (B, K)
+            "rtg": self.rtg[steps],  # (B, K)
+            "timesteps": self.timesteps[steps],  # (B, K)
+            "action_mask": self.action_masks[files],  # (B, A)
+            "task_id": self.file_task[files],  # (B,)
+            "domain_id": self.file_domain[files],  # (B,)
+        }
+        if self.state:
+            batch["observations"] = self.observations[steps]  # (B, K, D)
+        if self.pixels:
+            frames = np.empty((len(idx), self.K, *self.files[0].pixels.frame_shape), np.uint8)  # (B, K, 3, H, W)
+            for b, (start, fi) in enumerate(zip(starts, files)):
+                self.files[fi].pixels.read_into(frames[b], int(start - self.file_offsets[fi]))
+            batch["pixels"] = frames
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([i]).items()}

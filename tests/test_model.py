@@ -1,0 +1,155 @@
+"""ControlTransformer: shapes (state and pixels, 2K / 2T-1 tokens, T < K), config round trip, EMA target,
+weight-decay groups."""
+
+import pytest
+import torch
+from torch import nn
+
+from control_pretrain.models.control_transformer import (
+    ControlTransformer,
+    ControlTransformerConfig,
+    param_groups,
+    split_tokens,
+)
+from control_pretrain.models.encoders import PixelEncoder
+
+OBS_DIM, ACTION_DIM = 5, 4
+
+
+def tiny_model(obs_type: str, **overrides) -> ControlTransformer:
+    kwargs = dict(obs_type=obs_type, obs_dim=OBS_DIM, action_dim=ACTION_DIM, n_layer=2, n_head=2, n_embd=32,
+                  context_length=4, max_timestep=64, state_hidden=16)  # fmt: skip
+    return ControlTransformer(ControlTransformerConfig(**{**kwargs, **overrides}))
+
+
+def make_batch(model: ControlTransformer, B: int = 2, T: int | None = None, num_actions: int | None = None) -> dict:
+    T = T or model.config.context_length
+    Ta = T if num_actions is None else num_actions
+    batch = {"actions": torch.rand(B, Ta, ACTION_DIM) * 2 - 1, "timesteps": torch.arange(T).repeat(B, 1) + 7}
+    if model.config.obs_type == "pixels":
+        batch["pixels"] = torch.randint(0, 256, (B, T, 3, 84, 84), dtype=torch.uint8)
+    else:
+        batch["observations"] = torch.randn(B, T, OBS_DIM)
+    return batch
+
+
+def run(model: ControlTransformer, batch: dict, kind: str = "causal") -> torch.Tensor:
+    obs = model.encode_observations(batch)
+    return model(obs, model.embed_actions(batch["actions"]), batch["timesteps"], model.attn_mask(kind))
+
+
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+@pytest.mark.parametrize(("T", "Ta"), [(4, 4), (4, 3), (2, 2), (2, 1), (1, 0)])
+def test_shapes(obs_type, T, Ta):
+    model = tiny_model(obs_type)
+    batch = make_batch(model, T=T, num_actions=Ta)
+    obs = model.encode_observations(batch)
+    assert obs.shape == (2, T, 32)
+    hidden = run(model, batch)
+    assert hidden.shape == (2, T + Ta, 32)
+    state_out, action_out = split_tokens(hidden)
+    assert state_out.shape == (2, T, 32) and action_out.shape == (2, Ta, 32)
+    assert model.encode_target(batch).shape == (2, T, 32)
+
+
+def test_full_sequence_and_2t_minus_1_agree_on_shared_prefix():
+    """Causality: dropping the last action token changes no earlier output."""
+    model = tiny_model("state").eval()
+    batch = make_batch(model)
+    short = dict(batch, actions=batch["actions"][:, :-1])
+    assert torch.allclose(run(model, batch)[:, :-1], run(model, short), atol=1e-6)
+
+
+def test_rejects_bad_lengths():
+    model = tiny_model("state")
+    with pytest.raises(ValueError):
+        run(model, make_batch(model, T=3, num_actions=1))
+    with pytest.raises(ValueError):
+        run(model, make_batch(model, T=5))
+
+
+def test_timesteps_are_per_step():
+    """Each token carries its own timestep (the original broadcast the window's first step to every token)."""
+    model = tiny_model("state").eval()
+    batch = make_batch(model)
+    shifted = dict(batch, timesteps=batch["timesteps"].clone())
+    shifted["timesteps"][:, 2] += 1
+    a, b = run(model, batch), run(model, shifted)
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-6)  # tokens of steps 0, 1 do not see step 2
+    assert not torch.allclose(a[:, 4], b[:, 4])
+
+
+def test_pixel_encoder_takes_uint8_only():
+    enc = PixelEncoder(16)
+    frames = torch.randint(0, 256, (3, 3, 84, 84), dtype=torch.uint8)
+    out = enc(frames)
+    assert out.shape == (3, 16) and out.abs().max() <= 1
+    assert torch.allclose(out, enc.net(frames.float() / 255))
+    with pytest.raises(TypeError):
+        enc(frames.float())
+
+
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+def test_config_round_trip_rebuilds_the_same_model(obs_type):
+    model = tiny_model(obs_type).eval()
+    state = model.state_dict()
+    assert "causal_mask" not in state and "inverse_mask" not in state
+    assert any(k.startswith("target_obs_encoder.") for k in state)
+    rebuilt = ControlTransformer.from_config(model.to_config()).eval()
+    rebuilt.load_state_dict(state)
+    batch = make_batch(model)
+    assert torch.equal(run(model, batch), run(rebuilt, batch))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        ControlTransformerConfig(obs_type="state", obs_dim=0)
+    with pytest.raises(ValueError):
+        ControlTransformerConfig(obs_type="rgb")
+    with pytest.raises(ValueError):
+        ControlTransformerConfig(n_embd=30, n_head=4)
+
+
+def test_target_encoder_is_frozen_copy_and_moves_only_on_update():
+    model = tiny_model("state")
+    online = dict(model.obs_encoder.named_parameters())
+    for name, p in model.target_obs_encoder.named_parameters():
+        assert not p.requires_grad and torch.equal(p, online[name])
+    with torch.no_grad():
+        for p in model.obs_encoder.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in model.target_obs_encoder.parameters()]
+    model.update_target(0.25)
+    for b, p_t, p in zip(before, model.target_obs_encoder.parameters(), model.obs_encoder.parameters()):
+        assert torch.allclose(p_t, 0.75 * b + 0.25 * p)
+
+
+def test_init():
+    model = tiny_model("state")
+    assert torch.equal(model.pos_emb, torch.zeros_like(model.pos_emb))
+    block = model.blocks[0]
+    assert torch.equal(block.ln_1.weight, torch.ones(32)) and torch.equal(block.ln_1.bias, torch.zeros(32))
+    assert torch.equal(block.attn.c_attn.bias, torch.zeros(96))
+    assert abs(block.mlp.c_fc.weight.std().item() - 0.02) < 0.005
+
+
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+def test_param_groups_decay_only_weight_matrices(obs_type):
+    model = tiny_model(obs_type)
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decay_ids = {id(p) for p in decay["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for mod in model.modules():
+        for n, p in mod.named_parameters(recurse=False):
+            if isinstance(mod, (nn.LayerNorm, nn.Embedding)) or n == "bias":
+                assert id(p) not in decay_ids, names[id(p)]
+    for p in (model.pos_emb, model.mask_token, model.timestep_emb.weight):
+        assert id(p) not in decay_ids
+    assert id(model.blocks[0].attn.c_attn.weight) in decay_ids
+    if obs_type == "pixels":
+        assert id(model.obs_encoder.net[0].weight) in decay_ids
+    grouped = decay["params"] + no_decay["params"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    assert not any(id(p) in {id(q) for q in grouped} for p in model.target_obs_encoder.parameters())

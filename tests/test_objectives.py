@@ -1,0 +1,253 @@
+"""Objectives: information-leak tests with the real model and masks, pass sharing, the parameter-update check,
+padded action dims, the mask curriculum."""
+
+import pytest
+import torch
+from torch import nn
+
+from control_pretrain.models.control_transformer import ControlTransformer, ControlTransformerConfig, param_groups
+from control_pretrain.objectives import (
+    BehaviorCloningObjective,
+    ForwardDynamicsConfig,
+    ForwardDynamicsObjective,
+    InverseDynamicsConfig,
+    InverseDynamicsObjective,
+    MaskedHindsightControlConfig,
+    MaskedHindsightControlObjective,
+    ReturnConditionedObjective,
+    combine_losses,
+    curriculum_mask_sizes,
+)
+
+OBS_DIM, ACTION_DIM, VALID_DIMS, K, C = 5, 4, 3, 4, 32
+
+
+def tiny_model(obs_type: str = "state") -> ControlTransformer:
+    return ControlTransformer(ControlTransformerConfig(
+        obs_type=obs_type, obs_dim=OBS_DIM, action_dim=ACTION_DIM, n_layer=2, n_head=2, n_embd=C,
+        context_length=K, max_timestep=64, state_hidden=16))  # fmt: skip
+
+
+def make_batch(obs_type: str = "state", B: int = 3, T: int = K, num_actions: int | None = None) -> dict:
+    """A batch as the DataModule delivers it; action dim 3 is padding (another domain's slot)."""
+    Ta = T if num_actions is None else num_actions
+    action_mask = torch.zeros(B, ACTION_DIM)
+    action_mask[:, :VALID_DIMS] = 1
+    batch = {
+        "actions": (torch.rand(B, Ta, ACTION_DIM) * 2 - 1) * action_mask[:, None],
+        "action_mask": action_mask,
+        "timesteps": torch.arange(T).repeat(B, 1) + 3,
+        "rtg": torch.rand(B, T) * 500,
+        "rewards": torch.rand(B, T),
+        "task_id": torch.zeros(B, dtype=torch.long),
+        "domain_id": torch.zeros(B, dtype=torch.long),
+    }
+    if obs_type == "pixels":
+        batch["pixels"] = torch.randint(0, 256, (B, T, 3, 84, 84), dtype=torch.uint8)
+    else:
+        batch["observations"] = torch.randn(B, T, OBS_DIM)
+    return batch
+
+
+def pretraining_objectives(share_passes: bool = True) -> list[nn.Module]:
+    return [
+        ForwardDynamicsObjective(C, ForwardDynamicsConfig(share_passes)),
+        InverseDynamicsObjective(C, ACTION_DIM, InverseDynamicsConfig(share_passes)),
+        MaskedHindsightControlObjective(C, ACTION_DIM, MaskedHindsightControlConfig(mask_actions=2, mask_obs=1)),
+    ]
+
+
+def perturbed(batch: dict, key: str, step: int) -> dict:
+    out = dict(batch)
+    out[key] = batch[key].clone()
+    if key == "pixels":
+        out[key][:, step] = torch.randint(0, 256, out[key][:, step].shape, dtype=torch.uint8)
+    else:
+        out[key][:, step] = -out[key][:, step] + 0.5
+    return out
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, atol=1e-6)
+
+
+# ---- information leaks -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+def test_bc_prediction_is_causal_and_blind_to_its_own_action(obs_type):
+    torch.manual_seed(0)
+    model, bc = tiny_model(obs_type).eval(), BehaviorCloningObjective(C, ACTION_DIM).eval()
+    obs_key = "pixels" if obs_type == "pixels" else "observations"
+    batch = make_batch(obs_type)
+    t = 1
+    pred = bc.predict_actions(model, batch)[:, t]
+    for key, step in [("actions", t), ("actions", t + 1), (obs_key, t + 1), (obs_key, K - 1)]:
+        assert same(bc.predict_actions(model, perturbed(batch, key, step))[:, t], pred), (key, step)
+    for key, step in [("actions", t - 1), (obs_key, t), (obs_key, t - 1)]:
+        assert not same(bc.predict_actions(model, perturbed(batch, key, step))[:, t], pred), (key, step)
+
+
+def test_rtg_prediction_is_causal_and_uses_its_own_rtg():
+    torch.manual_seed(0)
+    model, rtg = tiny_model().eval(), ReturnConditionedObjective(C, ACTION_DIM).eval()
+    batch = make_batch()
+    t = 1
+    pred = rtg.predict_actions(model, batch)[:, t]
+    for key, step in [("actions", t), ("observations", t + 1), ("rtg", t + 1)]:
+        assert same(rtg.predict_actions(model, perturbed(batch, key, step))[:, t], pred), (key, step)
+    assert not same(rtg.predict_actions(model, perturbed(batch, "rtg", t))[:, t], pred)
+
+
+def test_inverse_mask_hides_a_t_from_o_t_plus_1():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    batch = make_batch()
+
+    def next_obs_out(b: dict) -> torch.Tensor:
+        obs, act = model.encode_observations(b), model.embed_actions(b["actions"])
+        return model(obs, act, b["timesteps"], model.attn_mask("inverse"))[:, 0::2]  # (B, K, C)
+
+    t = 1
+    out = next_obs_out(batch)[:, t + 1]
+    assert same(next_obs_out(perturbed(batch, "actions", t))[:, t + 1], out)
+    assert not same(next_obs_out(perturbed(batch, "actions", t - 1))[:, t + 1], out)
+    assert not same(next_obs_out(perturbed(batch, "observations", t))[:, t + 1], out)
+
+
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+def test_rmhc_prediction_does_not_see_the_masked_action(obs_type):
+    torch.manual_seed(0)
+    model = tiny_model(obs_type).eval()
+    rmhc = MaskedHindsightControlObjective(C, ACTION_DIM).eval()
+    obs_key = "pixels" if obs_type == "pixels" else "observations"
+    batch = make_batch(obs_type)
+    act_replace = torch.zeros(3, K, dtype=torch.bool)
+    act_replace[:, [1, 3]] = True
+    obs_replace = torch.zeros(3, K, dtype=torch.bool)
+    obs_replace[:, 2] = True
+
+    def pred(b: dict) -> torch.Tensor:
+        return rmhc.predict(model, b, {}, act_replace, obs_replace)[:, 1]
+
+    base = pred(batch)
+    for key, step in [("actions", 1), ("actions", 3), (obs_key, 2)]:  # masked tokens
+        assert same(pred(perturbed(batch, key, step)), base), (key, step)
+    for key, step in [("actions", 0), ("actions", 2), (obs_key, 3), (obs_key, 0)]:  # visible, both directions
+        assert not same(pred(perturbed(batch, key, step)), base), (key, step)
+
+
+def test_rmhc_original_read_positions_reads_the_first_k_tokens():
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    rmhc = MaskedHindsightControlObjective(C, ACTION_DIM, MaskedHindsightControlConfig(original_read_positions=True))
+    batch = make_batch()
+    act_replace, obs_replace = rmhc.sample_masks(3, K, "cpu")
+    pred = rmhc.predict(model, batch, {}, act_replace, obs_replace)
+    hidden = model(model.encode_observations(batch), model.embed_actions(batch["actions"]), batch["timesteps"], None,
+                   obs_replace, act_replace)  # fmt: skip
+    assert torch.allclose(pred, rmhc.head(hidden[:, :K]))
+    assert torch.isfinite(rmhc(model, batch)["loss"])
+
+
+# ---- pass sharing --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("share_passes", "expected"), [(True, 2), (False, 3)])
+def test_pretraining_step_pass_count(share_passes, expected):
+    model = tiny_model()
+    calls = []
+    model.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    encoder_calls = []
+    model.obs_encoder.register_forward_hook(lambda *_: encoder_calls.append(1))
+    batch, cache = make_batch(), {}
+    outputs = {obj.name: obj(model, batch, cache) for obj in pretraining_objectives(share_passes)}
+    assert len(calls) == expected
+    assert len(encoder_calls) == 1  # observations are encoded once per step
+    assert set(outputs) == {"forward", "inverse", "rmhc"}
+    assert all(out["loss"].ndim == 0 and torch.isfinite(out["loss"]) for out in outputs.values())
+
+
+def test_share_passes_reads_inverse_pass_for_both_dynamics_objectives():
+    model = tiny_model().eval()
+    batch = make_batch()
+    fwd, inv = pretraining_objectives(True)[:2]
+    cache = {}
+    fwd(model, batch, cache), inv(model, batch, cache)
+    assert set(k for k in cache if k.startswith("hidden/")) == {"hidden/inverse"}
+
+
+# ---- parameter updates ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+def test_one_step_updates_every_trainable_parameter_and_not_the_target(obs_type):
+    torch.manual_seed(0)
+    model = tiny_model(obs_type)
+    objectives = nn.ModuleList(pretraining_objectives())
+    everything = nn.ModuleList([model, objectives])
+    optimizer = torch.optim.AdamW(param_groups(everything, 0.1), lr=1e-3)
+    before = {n: p.detach().clone() for n, p in everything.named_parameters()}
+    cache, batch = {}, make_batch(obs_type)
+    outputs = {obj.name: obj(model, batch, cache) for obj in objectives}
+    combine_losses(outputs).backward()
+    optimizer.step()
+    # No trainable parameter is exempt: every one of them feeds at least one of the three losses.
+    for name, p in everything.named_parameters():
+        if name.startswith("0.target_obs_encoder."):
+            assert p.grad is None and torch.equal(p, before[name]), name
+        else:
+            assert p.requires_grad and p.grad is not None, name
+            assert not torch.equal(p, before[name]), name
+    model.update_target(0.5)
+    assert not torch.equal(model.target_obs_encoder.net[0].weight, before["0.target_obs_encoder.net.0.weight"])
+
+
+# ---- padded action dims ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("objective_cls", [InverseDynamicsObjective, MaskedHindsightControlObjective,
+                                           BehaviorCloningObjective, ReturnConditionedObjective])  # fmt: skip
+def test_padded_action_dims_do_not_contribute(objective_cls):
+    model = tiny_model().eval()
+    objective = objective_cls(C, ACTION_DIM).eval()
+    batch = make_batch()
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(1)  # the same RMHC masks each time
+        return objective(model, batch)["loss"]
+
+    base = loss()
+    with torch.no_grad():
+        objective.head.bias[VALID_DIMS:] += 5.0  # predictions on the padded dim only
+    assert torch.equal(loss(), base)
+    with torch.no_grad():
+        objective.head.bias[0] += 5.0
+    assert not torch.allclose(loss(), base)
+
+
+# ---- policies at rollout time --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+@pytest.mark.parametrize("T", [1, 2, K])
+def test_predict_actions_on_histories_ending_with_an_observation(obs_type, T):
+    model = tiny_model(obs_type).eval()
+    batch = make_batch(obs_type, B=2, T=T, num_actions=T - 1)
+    for policy in (BehaviorCloningObjective(C, ACTION_DIM), ReturnConditionedObjective(C, ACTION_DIM)):
+        assert policy.predict_actions(model, batch).shape == (2, T, ACTION_DIM)
+
+
+def test_policy_losses_share_the_causal_pass():
+    model = tiny_model()
+    calls = []
+    model.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    cache, batch = {}, make_batch()
+    for policy in (BehaviorCloningObjective(C, ACTION_DIM), ReturnConditionedObjective(C, ACTION_DIM)):
+        assert torch.isfinite(policy(model, batch, cache)["loss"])
+    assert len(calls) == 1
+
+
+# ---- curriculum and loss combination -------------------------------------------------------------------------------
+def test_curriculum_mask_sizes():
+    sizes = [curriculum_mask_sizes(e, 10, 30) for e in range(10)]
+    assert [a for a, _ in sizes] == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    assert [o for _, o in sizes] == [3, 6, 9, 12, 15, 15, 15, 15, 15, 15]
+    assert curriculum_mask_sizes(0, 50, 30) == (1, 1)  # never below one
+    assert curriculum_mask_sizes(12, 10, 30) == (30, 15)  # never above K (training past max_epochs)
+
+
+def test_combine_losses_is_the_weighted_mean_of_active_terms():
+    outputs = {"forward": {"loss": torch.tensor(2.0)}, "inverse": {"loss": torch.tensor(4.0)}}
+    assert combine_losses(outputs, {"forward": 0.5}).item() == pytest.approx((0.5 * 2 + 4) / 2)
+    assert combine_losses(outputs).item() == pytest.approx(3.0)
