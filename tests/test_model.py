@@ -17,8 +17,8 @@ OBS_DIM, ACTION_DIM = 5, 4
 
 
 def tiny_model(obs_type: str, **overrides) -> ControlTransformer:
-    kwargs = dict(obs_type=obs_type, obs_dim=OBS_DIM, action_dim=ACTION_DIM, n_layer=2, n_head=2, n_embd=32,
-                  context_length=4, max_timestep=64, state_hidden=16)  # fmt: skip
+    kwargs = {"obs_type": obs_type, "obs_dim": OBS_DIM, "action_dim": ACTION_DIM, "n_layer": 2, "n_head": 2,
+              "n_embd": 32, "context_length": 4, "max_timestep": 64, "state_hidden": 16}
     return ControlTransformer(ControlTransformerConfig(**{**kwargs, **overrides}))
 
 
@@ -120,7 +120,7 @@ def test_target_encoder_is_frozen_copy_and_moves_only_on_update():
             p.add_(1.0)
     before = [p.clone() for p in model.target_obs_encoder.parameters()]
     model.update_target(0.25)
-    for b, p_t, p in zip(before, model.target_obs_encoder.parameters(), model.obs_encoder.parameters()):
+    for b, p_t, p in zip(before, model.target_obs_encoder.parameters(), model.obs_encoder.parameters(), strict=True):
         assert torch.allclose(p_t, 0.75 * b + 0.25 * p)
 
 

@@ -160,7 +160,7 @@ def test_pretraining_step_pass_count(share_passes, expected):
     outputs = {obj.name: obj(model, batch, cache) for obj in pretraining_objectives(share_passes)}
     assert len(calls) == expected
     assert len(encoder_calls) == 1  # observations are encoded once per step
-    assert set(outputs) == {"forward", "inverse", "rmhc"}
+    assert set(outputs) == {"forward", "inverse", "masked_hindsight"}
     assert all(out["loss"].ndim == 0 and torch.isfinite(out["loss"]) for out in outputs.values())
 
 
@@ -170,7 +170,7 @@ def test_share_passes_reads_inverse_pass_for_both_dynamics_objectives():
     fwd, inv = pretraining_objectives(True)[:2]
     cache = {}
     fwd(model, batch, cache), inv(model, batch, cache)
-    assert set(k for k in cache if k.startswith("hidden/")) == {"hidden/inverse"}
+    assert {k for k in cache if k.startswith("hidden/")} == {"hidden/inverse"}
 
 
 # ---- parameter updates ---------------------------------------------------------------------------------------------

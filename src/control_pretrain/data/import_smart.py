@@ -14,12 +14,13 @@ What this importer does instead:
 - Chunks are streamed one at a time; the unfinished episode at a chunk's end is carried over to the next one.
 - Episode boundaries come from the data: an episode ends at row i when ``next_obs[i] != obs[i + 1]`` (the
   environment was reset) or ``not_dones[i] == 0``. Only when ``next_obs`` carries no information (all zeros) or
-  shows no reset within two episode lengths does it fall back to fixed episodes of ``episode_len`` steps
+  shows no reset within several episode lengths does it fall back to fixed episodes of ``episode_len`` steps
   (default ``1000 // action_repeat``), with a logged warning.
 - DMC episodes end by time limit only, so every episode end is a timeout, except where ``not_dones == 0`` ends
   an episode shorter than the typical length: that is a true termination (``terminals`` true there).
 - A final segment is kept only if its length equals the most common episode length; otherwise it is dropped
-  with a logged warning, so the file holds whole episodes only.
+  with a logged warning, so the file holds whole episodes only. Likewise a buffer whose first chunk does not
+  start at row 0 loses its first segment unless that has the typical length.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -45,6 +47,9 @@ POLICY_BY_PREFIX = {"rand": "random", "full": "sac"}
 _CHUNK_RE = re.compile(r"^(\d+)_(\d+)\.pt$")
 _RUN_RE = re.compile(r"^(.+)_s(\d+)$")
 _KIND_RE = re.compile(r"^(rand|full)collect_(.+)$")
+# Resets are looked for over this many typical episode lengths before falling back to fixed-length episodes;
+# the same bound caps the unfinished tail that is carried between chunks.
+_LONGEST = 8
 # dtypes a plain SMART chunk may contain; each needs its dtype class allowlisted for the unpickler.
 _PLAIN_DTYPES = (np.bool_, np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64,
                  np.float16, np.float32, np.float64)
@@ -138,7 +143,7 @@ def list_chunks(buffer: str) -> list[tuple[int, int, str]]:
     if not chunks:
         raise DatasetError(f"{buffer}: no {{start}}_{{end}}.pt chunks in this folder; nothing to import.")
     chunks.sort()
-    for (s0, e0, p0), (s1, _, p1) in zip(chunks, chunks[1:]):
+    for (_, e0, p0), (s1, _, p1) in pairwise(chunks):
         if s1 != e0:
             what = f"rows {e0}..{s1 - 1} are missing" if s1 > e0 else f"rows {s1}..{e0 - 1} appear twice"
             raise DatasetError(
@@ -190,7 +195,7 @@ def load_chunk(path: str, trust_pickle: bool = False):
         raise DatasetError(_corrupt(path, err)) from None
     except DatasetError:
         raise
-    except Exception as err:  # noqa: BLE001 - any failure to read a chunk is a damaged chunk
+    except Exception as err:  # noqa: BLE001 - any other failure to read a chunk means a damaged chunk
         raise DatasetError(_corrupt(path, err)) from None
 
 
@@ -223,7 +228,7 @@ def check_chunk(content, path: str, start: int, end: int, dims: _Dims,
                 "rewards": (n, 1), "not_dones": (n, 1), "physics": (n, dims.state),
                 "pixels": f"({n}, {', '.join(map(str, pixel_shape))})" if pixel_shape else f"({n}, 3, H, W)"}
     out = {}
-    for field, value in zip(FIELDS, content):
+    for field, value in zip(FIELDS, content, strict=True):
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
             kind = f"an array of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
             raise DatasetError(
@@ -257,13 +262,14 @@ def check_chunk(content, path: str, start: int, end: int, dims: _Dims,
 class _EpisodeSplitter:
     """Turns a stream of chunks into whole episodes, carrying the unfinished tail from one chunk to the next."""
 
-    def __init__(self, source: str, length: int, check_length: bool) -> None:
+    def __init__(self, source: str, length: int, check_length: bool, first_row: int = 0) -> None:
         self.source = source
         self.length = length  # typical episode length: episode_len or 1000 // action_repeat
         self.check_length = check_length
         self.mode: str | None = None  # "continuity" or "fixed", decided from the data
         self.tail: dict[str, np.ndarray] | None = None  # rows since the last episode end
-        self.row = 0  # buffer row of the tail's first row (relative to the first chunk)
+        self.row = first_row  # buffer row of the tail's first row
+        self.partial_start = first_row > 0  # the buffer may begin inside an episode
         self.lengths: list[int] = []  # of the time-limit episodes written so far
 
     def _fallback(self, why: str) -> None:
@@ -285,11 +291,11 @@ class _EpisodeSplitter:
         if self.mode is None:
             if ends:
                 self.mode = "continuity"
-            elif len(data["obs"]) > 2 * self.length:
+            elif len(data["obs"]) > _LONGEST * self.length:
                 self._fallback(f"next_obs shows no environment reset in its first {len(data['obs'])} rows")
                 ends = self._ends(data)
         episodes = self._emit(data, ends)
-        if self.mode == "continuity" and self.tail is not None and len(self.tail["obs"]) > 4 * self.length:
+        if self.mode == "continuity" and self.tail is not None and len(self.tail["obs"]) > _LONGEST * self.length:
             raise DatasetError(
                 f"{self.source}: no episode end in rows {self.row}..{self.row + len(self.tail['obs']) - 1} "
                 f"(typical length {self.length}); next_obs and obs do not show resets there. The buffer is damaged "
@@ -311,10 +317,10 @@ class _EpisodeSplitter:
         counts = Counter(self.lengths)
         typical = max(counts, key=lambda k: (counts[k], k)) if counts else self.length
         if m == typical:
-            episodes.append(self._episode(self.tail, 0, m, last=True))
+            episodes.append(self._episode(self.tail, 0, m))
         else:
-            logger.warning("%s: dropped the final %d rows (buffer rows %d..%d): an unfinished episode, shorter "
-                           "than the typical %d steps.", self.source, m, self.row, self.row + m - 1, typical)
+            logger.warning("%s: dropped the final %d rows (buffer rows %d..%d): an unfinished episode (the "
+                           "typical length is %d steps).", self.source, m, self.row, self.row + m - 1, typical)
         self.tail = None
         return episodes
 
@@ -338,14 +344,20 @@ class _EpisodeSplitter:
     def _emit(self, data: dict[str, np.ndarray], ends: list[int]) -> list[dict[str, np.ndarray]]:
         episodes, s = [], 0
         for e in ends:
-            episodes.append(self._episode(data, s, e))
+            if self.partial_start and e - s != self.length:
+                logger.warning("%s: dropped the first %d rows (buffer rows %d..%d): the buffer does not start at "
+                               "row 0 and they are not a whole episode.", self.source, e - s, self.row + s,
+                               self.row + e - 1)
+            else:
+                episodes.append(self._episode(data, s, e))
+            self.partial_start = False
             s = e
         n = len(data["obs"])
         self.tail = {k: v[s:].copy() for k, v in data.items()} if s < n else None
         self.row += s
         return episodes
 
-    def _episode(self, data: dict[str, np.ndarray], s: int, e: int, last: bool = False) -> dict[str, np.ndarray]:
+    def _episode(self, data: dict[str, np.ndarray], s: int, e: int) -> dict[str, np.ndarray]:
         n = e - s
         terminal = bool(data["not_dones"][e - 1, 0] == 0) and n < self.length
         if self.check_length and not terminal and n != self.length:
@@ -412,7 +424,8 @@ def import_smart(src: str, out: str, domain: str | None = None, task: str | None
         "source_path": os.path.abspath(buffer), "render_height": pixel_shape[1], "render_width": pixel_shape[2],
         "render_camera": CAMERA_BY_DOMAIN.get(domain, 0), "render_fast": False,
     }
-    splitter = _EpisodeSplitter(buffer, episode_len or 1000 // action_repeat, check_length=episode_len is not None)
+    splitter = _EpisodeSplitter(buffer, episode_len or 1000 // action_repeat, check_length=episode_len is not None,
+                                first_row=start)
     logger.info("importing %d chunks (%d rows) from %s into %s", len(chunks), chunks[-1][1] - start, buffer, out)
     with TrajectoryWriter(out, attrs, dims.obs, dims.action, dims.state, pixel_shape=pixel_shape) as writer:
         for i, (start, end, path) in enumerate(chunks):

@@ -76,5 +76,7 @@ class Objective(nn.Module):
     def compute(self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def forward(self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict | None = None):
+    def forward(
+        self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict | None = None
+    ) -> dict[str, Tensor]:
         return self.compute(model, batch, {} if cache is None else cache)

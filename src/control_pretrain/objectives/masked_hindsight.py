@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..models.control_transformer import ControlTransformer, init_weights
@@ -39,7 +40,7 @@ class MaskedHindsightControlConfig:
 
 
 class MaskedHindsightControlObjective(Objective):
-    name = "rmhc"
+    name = "masked_hindsight"
 
     def __init__(self, n_embd: int, action_dim: int, config: MaskedHindsightControlConfig | None = None):
         super().__init__()
@@ -49,7 +50,7 @@ class MaskedHindsightControlObjective(Objective):
         self.head = nn.Linear(n_embd, action_dim)
         self.apply(init_weights)
 
-    def sample_masks(self, batch_size: int, num_steps: int, device) -> tuple[Tensor, Tensor]:
+    def sample_masks(self, batch_size: int, num_steps: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
         """Per-sample (B, K) bool masks of the action and observation tokens to hide."""
         act_replace = random_step_mask(batch_size, num_steps, self.mask_actions, device=device)
         # The first and last observations stay visible, as in the original.

@@ -1,0 +1,169 @@
+"""Multi-task pretraining data (SMART ``DMCMultiDomainDataModule``, smart.md §1.6), rebuilt.
+
+For every (domain, task) of the ``--multi_config`` task set, every data kind of ``--source_data_type`` and every
+replay id 1..``--train_replay_id``, the first ``--num_steps`` steps (whole episodes) of
+``{prefix}/{kind}_{domain}_{task}/{domain}_{task}_s{id}.h5`` are used. Deliberate changes from the reference:
+- a real validation split: held-out *episodes* of every file (or a held-out replay id), never the training set;
+- windows never cross episodes in any file (the reference's boundaries were wrong after the first buffer);
+- frames stay uint8 until they reach the model, and are read lazily beyond ``pixel_cache_gb``;
+- every missing file is named before training starts, with the command that makes it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from .cli import load_task_set
+from .errors import DatasetError
+from .schema import KINDS, dataset_path, open_h5
+from .trajectory_file import TrajectoryFile
+from .windows import EpisodeWindowDataset, SlotLayout, passthrough_collate
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) episode numbers; at least one episode each side when there are two or more."""
+    order = np.random.default_rng(seed).permutation(num_episodes)
+    n_val = 0 if num_episodes < 2 or val_fraction <= 0 else min(num_episodes - 1, max(1, round(val_fraction * num_episodes)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+class MultiTaskDataModule(LightningDataModule):
+    def __init__(
+        self,
+        multi_config: str = "configs/pretrain_configs/multipretrain_source_test.json",
+        source_data_type: str = "rand",
+        train_replay_id: int = 1,
+        val_replay_id: int | None = None,
+        num_steps: int = 80000,
+        data_dir_prefix: str = "data",
+        obs_type: str = "pixels",
+        context_length: int = 30,
+        batch_size: int = 256,
+        num_workers: int = 2,
+        val_fraction: float = 0.05,
+        split_seed: int = 0,
+        pixel_cache_gb: float = 2.0,
+    ) -> None:
+        """
+        Args:
+            multi_config: task-set JSON, ``{"walker": ["stand", "run"], "cheetah": ["run"]}``.
+            source_data_type: rand (randcollect), full (fullcollect, SAC replay) or mix (both, half the steps each).
+            train_replay_id: use replay ids 1..N of every task.
+            val_replay_id: validate on this replay id instead of held-out episodes (must not be in 1..N).
+            num_steps: steps per replay id (first ones, whole episodes).
+            data_dir_prefix: root of the dataset layout.
+            obs_type: pixels or state (set from --model.obs_type).
+            context_length: K steps per window (set from --model.context_length).
+            batch_size: windows per batch and per device.
+            num_workers: DataLoader worker processes.
+            val_fraction: fraction of each file's episodes held out for validation (when no val_replay_id).
+            split_seed: seed of the held-out episode choice (the same on every rank).
+            pixel_cache_gb: frames of whole files kept in RAM up to this size; the rest are read from disk.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if source_data_type not in ("rand", "full", "mix"):
+            raise DatasetError(f"--source_data_type must be rand, full or mix, not '{source_data_type}'.")
+        if val_replay_id is not None and 1 <= val_replay_id <= train_replay_id:
+            raise DatasetError(f"--data.val_replay_id {val_replay_id} is also a training replay id (1..{train_replay_id}).")
+        self.tasks = [(d, t) for d, ts in load_task_set(multi_config).items() for t in ts]
+        kinds = [KINDS[k] for k in (("rand", "full") if source_data_type == "mix" else (source_data_type,))]
+        self.steps_per_file = num_steps // len(kinds)
+        ids = list(range(1, train_replay_id + 1))
+        self.train_paths = [(dataset_path(data_dir_prefix, k, d, t, r), ti)
+                            for ti, (d, t) in enumerate(self.tasks) for k in kinds for r in ids]
+        self.val_paths = ([(dataset_path(data_dir_prefix, k, d, t, val_replay_id), ti)
+                           for ti, (d, t) in enumerate(self.tasks) for k in kinds] if val_replay_id else [])
+        self._check_files_exist()
+        self.obs_layout, self.action_layout = self._read_layouts()
+        self.train_set: EpisodeWindowDataset | None = None
+        self.val_set: EpisodeWindowDataset | None = None
+
+    def _check_files_exist(self) -> None:
+        missing = [p for p, _ in self.train_paths + self.val_paths if not os.path.exists(p)]
+        if missing:
+            hp = self.hparams
+            listing = "\n  ".join(missing)
+            raise DatasetError(
+                f"{len(missing)} dataset file(s) missing under --data_dir_prefix {hp.data_dir_prefix}:\n  {listing}\n"
+                "Collect them first, e.g. `python src/dmc_data.py collect --multi_config "
+                f"{hp.multi_config} --policy random --num_steps {hp.num_steps} --replay_id "
+                f"{' '.join(str(i) for i in range(1, hp.train_replay_id + 1))} --data_dir_prefix {hp.data_dir_prefix}`"
+                + (" --pixels" if hp.obs_type == "pixels" else "") + "."
+            )
+
+    def _read_layouts(self) -> tuple[SlotLayout, SlotLayout]:
+        """Slot layouts from the file headers only (cheap), so sizes are known before ``setup``."""
+        obs, act = [], []
+        for path, ti in self.train_paths:
+            with open_h5(path) as h5:
+                domain = self.tasks[ti][0]
+                for key in ("observations", "actions"):
+                    if key not in h5:
+                        raise DatasetError(f"{path}: missing key '{key}'; check it with `dmc_data.py inspect`.")
+                obs.append((domain, h5["observations"].shape[1]))
+                act.append((domain, h5["actions"].shape[1]))
+        return SlotLayout.from_sizes(obs), SlotLayout.from_sizes(act)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.obs_layout.size
+
+    @property
+    def action_dim(self) -> int:
+        return self.action_layout.size
+
+    def _open(self, paths: list[tuple[str, int]]) -> list[TrajectoryFile]:
+        pixels = self.hparams.obs_type == "pixels"
+        files = [TrajectoryFile(p, max_steps=self.steps_per_file, load_pixels=pixels) for p, _ in paths]
+        for f, (p, ti) in zip(files, paths):
+            if (f.domain, f.task) != self.tasks[ti]:
+                raise DatasetError(f"{p}: holds {f.domain}-{f.task} data, but its path says {self.tasks[ti]}.")
+        return files
+
+    def _dataset(self, files, paths, episodes, cache_bytes: int) -> EpisodeWindowDataset:
+        hp = self.hparams
+        return EpisodeWindowDataset(
+            files, hp.context_length, episodes=episodes, task_ids=[ti for _, ti in paths],
+            obs_layout=self.obs_layout, action_layout=self.action_layout, state=hp.obs_type == "state",
+            pixels=hp.obs_type == "pixels", pixel_cache_bytes=cache_bytes,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        cache = int(hp.pixel_cache_gb * 2**30)
+        files = self._open(self.train_paths)
+        if self.val_paths:
+            train_eps = [None] * len(files)
+            self.val_set = self._dataset(self._open(self.val_paths), self.val_paths, None, cache // 4)
+        else:
+            splits = [split_episodes(f.index.num_episodes, hp.val_fraction, hp.split_seed + i)
+                      for i, f in enumerate(files)]
+            train_eps = [s[0] for s in splits]
+            if any(len(s[1]) for s in splits):
+                # Same file objects, other episodes: the frames cached for training serve validation too.
+                self.val_set = self._dataset(files, self.train_paths, [s[1] for s in splits], 0)
+        self.train_set = self._dataset(files, self.train_paths, train_eps, cache)
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(dataset, batch_size=hp.batch_size, shuffle=shuffle, drop_last=shuffle,
+                          num_workers=hp.num_workers, collate_fn=passthrough_collate,
+                          persistent_workers=hp.num_workers > 0, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+
+    def state_dict(self) -> dict:
+        """Stored in checkpoints so finetuning knows which slot belongs to which domain."""
+        return {"obs_layout": self.obs_layout.to_dict(), "action_layout": self.action_layout.to_dict(),
+                "tasks": [list(t) for t in self.tasks]}

@@ -1,0 +1,38 @@
+"""Callbacks every run gets: throughput and data-wait share of the step time."""
+
+from __future__ import annotations
+
+import time
+
+from lightning.pytorch import Callback
+
+
+class ThroughputMonitor(Callback):
+    """Logs ``train/samples_per_sec`` (windows per second on this rank) and ``train/data_wait_frac`` (the share of
+    wall time between two steps spent waiting for the DataLoader), averaged over ``window`` steps."""
+
+    def __init__(self, window: int = 20) -> None:
+        self.window = window
+        self._last_end: float | None = None
+        self._wait = self._total = 0.0
+        self._samples = self._steps = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last_end = None  # the first batch of an epoch includes worker start-up: not counted
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._last_end is not None:
+            self._wait += self._start - self._last_end
+            self._total += now - self._last_end
+            self._samples += len(batch["actions"])
+            self._steps += 1
+        self._last_end = now
+        if self._steps >= self.window:
+            pl_module.log_dict({"train/samples_per_sec": self._samples / self._total,
+                                "train/data_wait_frac": self._wait / self._total}, on_step=True, on_epoch=False)
+            self._wait = self._total = 0.0
+            self._samples = self._steps = 0

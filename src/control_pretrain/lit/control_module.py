@@ -1,0 +1,91 @@
+"""What pretraining and finetuning modules share: the control transformer, a set of weighted objectives run on one
+shared per-step cache, the optimiser (AdamW, decay on matrices only, warmup + cosine) and the EMA target update.
+
+Optimiser reference: smart.md §2.9 (AdamW lr 6e-4, betas (0.9, 0.95), weight decay 0.1 on Linear/Conv weights).
+Added, as DT-Atari had before the Lightning port lost them: linear warmup over ``warmup_ratio`` of the steps and
+cosine decay to ``min_lr_ratio``·lr (``lr_schedule='constant'`` reproduces the original); gradient clipping is
+the Trainer's ``gradient_clip_val`` (default 1.0 in our CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from ..models.control_transformer import ControlTransformer, ControlTransformerConfig, param_groups
+from ..objectives import Objective, combine_losses
+
+log = logging.getLogger(__name__)
+
+
+class ControlModule(LightningModule):
+    """Subclasses call ``build_model`` and ``add_objective`` in ``__init__``. Objectives sit in an ``nn.ModuleDict``
+    under ``<name>_objective`` (``forward`` itself is a reserved attribute of every module)."""
+
+    checkpoint_monitor: tuple[str, str] = ("val/loss", "min")  # metric and mode for the best checkpoints
+
+    def build_model(self, config: ControlTransformerConfig, compile: bool) -> None:
+        self.model = ControlTransformer(config)
+        if compile:
+            self.model.compile()  # in place: state-dict keys stay the same
+        self.objectives = nn.ModuleDict()
+        self.weights: dict[str, float] = {}
+
+    def add_objective(self, objective: Objective, weight: float = 1.0) -> None:
+        self.objectives[f"{objective.name}_objective"] = objective
+        self.weights[objective.name] = weight
+
+    def objective(self, name: str) -> Objective | None:
+        return self.objectives[f"{name}_objective"] if f"{name}_objective" in self.objectives else None
+
+    def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cache: dict = {}
+        outputs = {obj.name: obj(self.model, batch, cache) for obj in self.objectives.values()}
+        losses = {f"{name}_loss": out["loss"] for name, out in outputs.items()}
+        losses["loss"] = combine_losses(outputs, self.weights)
+        return losses
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch)
+        bs = len(batch["actions"])
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False,
+                      batch_size=bs)
+        self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=bs, sync_dist=True)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        losses = self.compute_losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True,
+                      batch_size=len(batch["actions"]), sync_dist=True, prog_bar=False)
+
+    # ---- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(param_groups(self, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        if hp.lr_schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.objective("forward") is not None:
+            # After the weights moved, never in forward or validation (fixes smart.md §5.2.7).
+            self.model.update_target(self.hparams.ema_tau)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["model_config"] = self.model.to_config()

@@ -1,0 +1,85 @@
+"""Loading weights from a checkpoint into a (possibly different) module by explicit rules.
+
+A pretraining checkpoint is never re-instantiated as the finetuning module (STYLE.md, LightningCLI note): its
+``state_dict`` is read, and each parameter of the new module is either *loaded* (same name, same shape, not
+excluded) or *re-initialised*; both lists are logged. This replaces the reference's ``load_my_checkpoint``
+whose ``no_strict`` option did nothing (smart.md §3.3).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..data.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+# Must match between checkpoint and module for any trunk weight to make sense.
+ARCHITECTURE_KEYS = ("obs_type", "n_embd", "n_layer", "n_head", "context_length")
+
+
+class CheckpointMismatchError(DatasetError):
+    """The checkpoint cannot be loaded into this model; the message says what differs and what to do."""
+
+
+def read_checkpoint(path: str) -> dict:
+    if not os.path.exists(path):
+        raise CheckpointMismatchError(f"{path}: no such checkpoint. Pass the path of a .ckpt written by a run.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoints (hparams pickled)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}).") from None
+    if "state_dict" not in ckpt:
+        raise CheckpointMismatchError(f"{path}: has no 'state_dict'; it is not a Lightning checkpoint of this project.")
+    return ckpt
+
+
+def check_architecture(path: str, ckpt: dict, config: dict) -> None:
+    theirs = ckpt.get("model_config", {})
+    diffs = [f"{k}: checkpoint {theirs[k]!r}, this run {config[k]!r}" for k in ARCHITECTURE_KEYS
+             if k in theirs and theirs[k] != config[k]]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{path} does not fit this model ({'; '.join(diffs)}). Use the same --model.* sizes and --obs_type as "
+            "the pretraining run (they are in its config.yaml), or train from scratch without --load_model_from."
+        )
+
+
+def load_weights(module: nn.Module, path: str, exclude: Iterable[str] = (), model_config: dict | None = None
+                 ) -> tuple[list[str], list[str]]:
+    """Copy every parameter/buffer of ``module`` whose name and shape match the checkpoint and which starts with
+    none of the ``exclude`` prefixes. Returns (loaded, reinitialised) name lists, also logged."""
+    ckpt = read_checkpoint(path)
+    if model_config is not None:
+        check_architecture(path, ckpt, model_config)
+    source = ckpt["state_dict"]
+    exclude = tuple(exclude)
+    own = module.state_dict()
+    loaded, reinit = [], []
+    for name, value in own.items():
+        src = source.get(name)
+        if name.startswith(exclude) or src is None or src.shape != value.shape:
+            reinit.append(name)
+        else:
+            own[name] = src.to(value.dtype)
+            loaded.append(name)
+    module.load_state_dict(own)
+    log.info("loaded %d tensors from %s: %s", len(loaded), path, ", ".join(_groups(loaded)))
+    log.info("re-initialised %d tensors: %s", len(reinit), ", ".join(_groups(reinit)) or "none")
+    return loaded, reinit
+
+
+def _groups(names: list[str]) -> list[str]:
+    """Compact listing: 'model.blocks.*' instead of every block parameter."""
+    out: list[str] = []
+    for n in names:
+        parts = n.split(".")
+        key = ".".join(parts[:2]) + ".*" if len(parts) > 2 else n
+        if key not in out:
+            out.append(key)
+    return out
