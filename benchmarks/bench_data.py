@@ -12,9 +12,10 @@ Measures, each repeated >= 3 times (median reported):
    Also the one-time construction cost (TrajectoryFile + dataset).
 3. Pixel windows (K=30, 84x84, batches of 32) from a ~20k-step file: from disk (page cache warm,
    ``pixel_cache_bytes=0``) and from the RAM cache, vs a naive per-window h5py slice read with the default chunk
-   cache. Target: >= 1,000 pixel windows/s in one process.
-4. Peak memory: in a subprocess (clean ru_maxrss), a pixel file twice the cache budget (2 GB / 1 GiB; quick:
-   400 MB / 200 MiB), 300 random batches of 32 windows. Target: peak RSS < budget + 1 GB.
+   cache (and, for reference, ``read_direct`` with the chunk cache off). Target: >= 1,000 pixel windows/s.
+4. Peak memory: in a subprocess (peak RSS of its own), a pixel file twice the cache budget (2 GB / 1 GiB; quick:
+   430 MB / 200 MiB), 300 random batches of 32 windows. Target: peak RSS < budget + 1 GiB. Also the pixel file
+   of (3) with a budget that holds it, to show what the RAM cache costs.
 
 Scratch files go to benchmarks/_work/ (git-ignored) and are deleted at the end. ``--out`` replaces (or appends)
 the section "## Data (issue 1/7)" of the markdown file, creating the file with a header if needed.
@@ -28,7 +29,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -227,13 +227,30 @@ def bench_pixel_windows(quick):
     h5 = h5py.File(path, "r")  # default 1 MB chunk cache
     dset = h5["pixels"]
     naive = lambda idx: np.stack([dset[s:s + K] for s in disk.starts[idx]])
-    assert np.array_equal(naive(batches[0]), disk.__getitems__(batches[0])["pixels"].numpy())
-    assert np.array_equal(naive(batches[0]), ram.__getitems__(batches[0])["pixels"].numpy())
+    ref = naive(batches[0])
+    assert np.array_equal(ref, disk.__getitems__(batches[0])["pixels"].numpy())
+    assert np.array_equal(ref, ram.__getitems__(batches[0])["pixels"].numpy())
     results["naive"] = nwin / timed(lambda: [naive(b) for b in batches])
+    h5.close()
+
+    # Not the library: PixelReader's read_direct, but with the chunk cache off (rdcc_nbytes=0), so HDF5 copies
+    # straight from the file into the batch instead of through its chunk cache.
+    h5 = h5py.File(path, "r", rdcc_nbytes=0)
+    dset = h5["pixels"]
+
+    def no_cache(idx):
+        frames = np.empty((len(idx), K, 3, 84, 84), np.uint8)
+        for b, s in enumerate(disk.starts[idx]):
+            dset.read_direct(frames[b], np.s_[s:s + K])
+        return frames
+
+    assert np.array_equal(ref, no_cache(batches[0]))
+    results["no_cache"] = nwin / timed(lambda: [no_cache(b) for b in batches])
     h5.close()
     rows = [["`__getitems__`, from disk (page cache warm, `pixel_cache_bytes=0`)", results["disk"]],
             ["`__getitems__`, RAM cache (`pixel_cache_bytes` >= file)", results["ram"]],
-            ["naive: `dset[s:s+K]` per window, default 1 MB chunk cache, np.stack", results["naive"]]]
+            ["naive: `dset[s:s+K]` per window, default 1 MB chunk cache, np.stack", results["naive"]],
+            ["(not the library) `read_direct` per window with `rdcc_nbytes=0`", results["no_cache"]]]
     rows = [[name, fmt(w), fmt(w * K * 84 * 84 * 3 / 1e6), f"{w / results['naive']:.1f}x"] for name, w in rows]
     return (path, table(["method", "windows/s", "MB/s", "vs naive"], rows) +
             f"\n\n{n_steps:,} frames (3x84x84 uint8, {size_mb:.0f} MB), {len(batches)} random batches of 32 windows "
@@ -251,7 +268,10 @@ def memory_child(path, budget, n_batches):
     from control_pretrain.data.windows import EpisodeWindowDataset
 
     def kb():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        # VmHWM, the peak RSS of this process image. ru_maxrss would do in a fresh interpreter, but on Linux it
+        # carries over the parent's peak through fork/exec (checked: a child of a 500 MB parent reports 505 MB).
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
     base = kb()
     t = time.perf_counter()
     ds = EpisodeWindowDataset([TrajectoryFile(path, load_pixels=True)], K, state=False, pixels=True,
@@ -294,8 +314,9 @@ def bench_memory(quick, small_path):
     os.remove(big)
     return (table(["case", "frames in RAM", "RSS after imports MiB", "peak RSS MiB", "peak - imports MiB",
                    "build s", "windows/s", "target: peak < budget + 1 GiB"], rows) +
-            f"\n\nEach case runs in a fresh subprocess (300 random batches of 32 windows); peak RSS = "
-            f"`ru_maxrss`; all columns are medians of {REPS} subprocesses.")
+            f"\n\nEach case runs in a fresh subprocess (300 random batches of 32 windows); peak RSS = `VmHWM` of "
+            f"/proc/self/status (`ru_maxrss` of a child inherits the parent's peak across fork/exec on Linux, so it "
+            f"is not clean); all columns are medians of {REPS} subprocesses.")
 
 
 # ------------------------------------------------------------------------------------------------- report

@@ -19,7 +19,13 @@ FLAGS = {
     "--load_model_from": "--model.init_from",
 }
 
+
+
+def main(argv: list[str] | None = None):
+    return run_cli(PretrainModule, MultiTaskDataModule, FLAGS, {},
+                   trainer_defaults={"max_epochs": 10, "gradient_clip_val": 1.0, "default_root_dir": "outputs/pretrain"},
+                   description=__doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    run_cli(PretrainModule, MultiTaskDataModule, FLAGS, {},
-            trainer_defaults={"max_epochs": 10, "gradient_clip_val": 1.0, "default_root_dir": "outputs/pretrain"},
-            description=__doc__)
+    main()

@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
+sys.path.insert(0, SRC)  # the entry scripts (dmc_pretrain.py, ...) are importable for in-process runs
 
 
 def run_script(script: str, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -62,3 +63,22 @@ def write_synthetic(path, lengths, first_id: int = 0, domain: str = "cartpole", 
         for ep in episodes:
             w.append_episode(ep)
     return episodes
+
+
+@pytest.fixture(scope="session")
+def pixel_dir(tmp_path_factory):
+    """Fast-rendered pixel data for the test task set: 2 episodes per task."""
+    root = tmp_path_factory.mktemp("pixels")
+    res = run_script("dmc_data.py", "collect", "--multi_config", "configs/pretrain_configs/multipretrain_source_test.json",
+                     "--num_steps", "500", "--pixels", "--fast_render", "--data_dir_prefix", str(root), "--quiet")
+    assert res.returncode == 0, res.stderr
+    return root
+
+
+def run_in_process(main, args: list[str]):
+    """Run a training entry point in this process (so its trained module can be inspected)."""
+    saved = sys.argv
+    try:
+        return main(args)
+    finally:
+        sys.argv = saved

@@ -92,8 +92,8 @@ class MultiTaskDataModule(LightningDataModule):
                 f"{len(missing)} dataset file(s) missing under --data_dir_prefix {hp.data_dir_prefix}:\n  {listing}\n"
                 "Collect them first, e.g. `python src/dmc_data.py collect --multi_config "
                 f"{hp.multi_config} --policy random --num_steps {hp.num_steps} --replay_id "
-                f"{' '.join(str(i) for i in range(1, hp.train_replay_id + 1))} --data_dir_prefix {hp.data_dir_prefix}`"
-                + (" --pixels" if hp.obs_type == "pixels" else "") + "."
+                f"{' '.join(str(i) for i in range(1, hp.train_replay_id + 1))} --data_dir_prefix {hp.data_dir_prefix}"
+                + (" --pixels" if hp.obs_type == "pixels" else "") + "`."
             )
 
     def _read_layouts(self) -> tuple[SlotLayout, SlotLayout]:

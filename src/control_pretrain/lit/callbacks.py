@@ -9,13 +9,17 @@ from lightning.pytorch import Callback
 
 class ThroughputMonitor(Callback):
     """Logs ``train/samples_per_sec`` (windows per second on this rank) and ``train/data_wait_frac`` (the share of
-    wall time between two steps spent waiting for the DataLoader), averaged over ``window`` steps."""
+    wall time between two steps spent waiting for the DataLoader), averaged over the Trainer's
+    ``log_every_n_steps`` steps."""
 
-    def __init__(self, window: int = 20) -> None:
-        self.window = window
+    def __init__(self) -> None:
+        self.window = 50
         self._last_end: float | None = None
         self._wait = self._total = 0.0
         self._samples = self._steps = 0
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.window = max(1, trainer.log_every_n_steps)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._last_end = None  # the first batch of an epoch includes worker start-up: not counted

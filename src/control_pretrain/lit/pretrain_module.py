@@ -102,7 +102,7 @@ class PretrainModule(ControlModule):
             self.add_objective(InverseDynamicsObjective(n_embd, action_dim, InverseDynamicsConfig(share_passes)),
                                inverse_weight)
         if masked_hindsight_weight > 0:
-            rmhc = MaskedHindsightControlConfig(original_read_positions=original_read_positions)
+            rmhc = MaskedHindsightControlConfig(max(mask_actions, 1), max(mask_obs, 0), original_read_positions)
             self.add_objective(MaskedHindsightControlObjective(n_embd, action_dim, rmhc), masked_hindsight_weight)
         if not self.objectives:
             raise ValueError("every objective weight is 0: nothing to train")

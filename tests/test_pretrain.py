@@ -1,0 +1,138 @@
+"""SMART pretraining through the real CLI on tiny collected data: contract (fit -> checkpoint -> reload ->
+identical outputs) for every objective, state and pixels; metrics; resume; config.yaml reproduces the run."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_in_process, run_script
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import dmc_pretrain
+from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
+from control_pretrain.lit.pretrain_module import PretrainModule
+
+TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",
+        "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.limit_train_batches", "3",
+        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--quiet"]
+OBJECTIVES = {"forward": "--model.forward_weight", "inverse": "--model.inverse_weight",
+              "masked_hindsight": "--model.masked_hindsight_weight"}
+
+
+def pretrain_args(data_dir, out_dir, obs_type="state", epochs=1, extra=()):
+    return ["--multi_config", "configs/pretrain_configs/multipretrain_source_test.json", "--source_data_type", "rand",
+            "--train_replay_id", "1", "--epochs", str(epochs), "--num_steps", "1000", "--model_type", "naive",
+            "--output_dir", str(out_dir), "--data_dir_prefix", str(data_dir), "--obs_type", obs_type, *TINY, *extra]
+
+
+def fixed_batch(cli):
+    dm = cli.datamodule
+    return dm.val_set.__getitems__(np.arange(4))
+
+
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+@pytest.mark.parametrize("objective", ["forward", "inverse", "masked_hindsight", "all"])
+def test_contract_fit_checkpoint_reload(objective, obs_type, collected_dir, pixel_dir, tmp_path):
+    off = [] if objective == "all" else [a for name, flag in OBJECTIVES.items() if name != objective for a in (flag, "0")]
+    data = collected_dir if obs_type == "state" else pixel_dir
+    fixed_masks = ["--model.mask_actions", "2", "--model.mask_obs", "1"]  # the curriculum is per-epoch state
+    cli = run_in_process(dmc_pretrain.main, pretrain_args(data, tmp_path, obs_type, extra=off + fixed_masks))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.exists() and (tmp_path / "config.yaml").exists()
+    trained = cli.model.eval()
+    names = {o.name for o in trained.objectives.values()}
+    assert names == (set(OBJECTIVES) if objective == "all" else {objective})
+    reloaded = PretrainModule.load_from_checkpoint(last, map_location="cpu").eval()
+    batch = fixed_batch(cli)
+    torch.manual_seed(0)
+    a = trained.compute_losses(batch)
+    torch.manual_seed(0)
+    b = reloaded.compute_losses(batch)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for (n1, p1), (n2, p2) in zip(trained.state_dict().items(), reloaded.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+
+
+def scalars(out_dir) -> dict[str, list[float]]:
+    runs = sorted((out_dir / "tb_logs").iterdir())
+    acc = EventAccumulator(str(runs[-1])).Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_metrics_and_mask_curriculum(collected_dir, tmp_path):
+    run_in_process(dmc_pretrain.main, pretrain_args(collected_dir, tmp_path, epochs=2,
+                                                    extra=["--trainer.limit_train_batches", "4"]))
+    tags = scalars(tmp_path)
+    for name in ("forward", "inverse", "masked_hindsight"):
+        assert f"train/{name}_loss" in tags and f"val/{name}_loss" in tags
+    for tag in ("train/loss", "val/loss", "train/samples_per_sec", "train/data_wait_frac", "lr-AdamW/pg1"):
+        assert tag in tags, tag
+    # K=6, E=2: RMHC masks max(1, 6*1/2)=3 then 6 actions; observations min(3, .) = 3, 3
+    assert tags["train/mask_actions"] == [3.0, 6.0] and tags["train/mask_obs"] == [3.0, 3.0]
+    assert all(np.isfinite(v).all() for v in tags.values())
+    lr = tags["lr-AdamW/pg1"]
+    assert lr[-1] < max(lr) and max(lr) == pytest.approx(6e-4)  # cosine decay from the peak
+
+
+def test_resume_continues_where_it_stopped(collected_dir, tmp_path):
+    run_in_process(dmc_pretrain.main, pretrain_args(collected_dir, tmp_path, epochs=1))
+    first = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    cli = run_in_process(dmc_pretrain.main, pretrain_args(collected_dir, tmp_path, epochs=2,
+                                                          extra=["--ckpt_path", "last"]))
+    second = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (first["epoch"], first["global_step"]) == (0, 3)
+    assert (second["epoch"], second["global_step"]) == (1, 6)
+    assert cli.trainer.current_epoch == 2
+    assert any(f.startswith("best-epoch01") for f in os.listdir(tmp_path / "checkpoints"))
+
+
+def test_config_yaml_reproduces_the_run(collected_dir, tmp_path):
+    run_in_process(dmc_pretrain.main, pretrain_args(collected_dir, tmp_path / "a"))
+    run_in_process(dmc_pretrain.main, ["--config", str(tmp_path / "a" / "config.yaml"),
+                                       "--trainer.default_root_dir", str(tmp_path / "b")])
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_original_readme_command_parses():
+    res = run_script("dmc_pretrain.py", "--multi_config", "configs/pretrain_configs/multipretrain_source_v1.json",
+                     "--source_data_type", "rand", "--train_replay_id", "5", "--epochs", "10", "--num_steps", "80000",
+                     "--model_type", "naive", "--output_dir", "./outputs/pretrain_explore/", "--data_dir_prefix", "data",
+                     "--print_config")
+    assert res.returncode == 0, res.stderr
+    for line in ("max_epochs: 10", "default_root_dir: ./outputs/pretrain_explore/", "train_replay_id: 5",
+                 "num_steps: 80000", "multi_config: configs/pretrain_configs/multipretrain_source_v1.json",
+                 "source_data_type: rand", "model_type: naive"):
+        assert line in res.stdout, line
+
+
+def test_missing_files_are_all_named_before_training(tmp_path):
+    res = run_script("dmc_pretrain.py", "--multi_config", "configs/pretrain_configs/multipretrain_source_v1.json",
+                     "--train_replay_id", "2", "--data_dir_prefix", str(tmp_path), "--output_dir", str(tmp_path / "o"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "10 dataset file(s) missing" in res.stderr
+    assert "walker_run_s2.h5" in res.stderr and "hopper_hop_s1.h5" in res.stderr
+    assert "dmc_data.py collect" in res.stderr
+
+
+def test_validation_episodes_are_held_out(collected_dir):
+    dm = MultiTaskDataModule(data_dir_prefix=str(collected_dir), train_replay_id=2, num_steps=1000, obs_type="state",
+                             context_length=10, val_fraction=0.25)
+    dm.setup()
+    def episodes(ds):
+        files = ds.window_file
+        local = ds.starts - ds.file_offsets[files]
+        return {(int(f), int(ds.files[f].index.episode_of_step()[s])) for f, s in zip(files, local)}
+    train, val = episodes(dm.train_set), episodes(dm.val_set)
+    assert train and val and not (train & val)
+    assert len(val) == 4  # one of the 4 episodes of each of the 4 files
+    with pytest.raises(Exception, match="also a training replay id"):
+        MultiTaskDataModule(data_dir_prefix=str(collected_dir), train_replay_id=2, val_replay_id=2, obs_type="state")
+    dm = MultiTaskDataModule(data_dir_prefix=str(collected_dir), train_replay_id=1, val_replay_id=2, obs_type="state",
+                             num_steps=1000, context_length=10)
+    dm.setup()
+    assert {f.path for f in dm.val_set.files}.isdisjoint({f.path for f in dm.train_set.files})
