@@ -21,7 +21,7 @@ from .cli import load_task_set
 from .errors import DatasetError
 from .schema import KINDS, dataset_path, open_h5
 from .trajectory_file import TrajectoryFile
-from .windows import EpisodeWindowDataset, SlotLayout, passthrough_collate
+from .windows import EpisodeWindowDataset, SlotLayout, window_loader
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -151,17 +151,13 @@ class MultiTaskDataModule(LightningDataModule):
                 self.val_set = self._dataset(files, self.train_paths, [s[1] for s in splits], 0)
         self.train_set = self._dataset(files, self.train_paths, train_eps, cache)
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(dataset, batch_size=hp.batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=hp.num_workers, collate_fn=passthrough_collate,
-                          persistent_workers=hp.num_workers > 0, pin_memory=False)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return window_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        return window_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=False)
 
     def state_dict(self) -> dict:
         """Stored in checkpoints so finetuning knows which slot belongs to which domain."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .episodes import EpisodeIndex
 from .errors import DatasetError
@@ -53,6 +53,13 @@ class SlotLayout:
 def passthrough_collate(batch):
     """The dataset already returns whole batches from ``__getitems__``."""
     return batch
+
+
+def window_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+    """Training loaders shuffle and drop the last partial batch; validation loaders keep every window in order.
+    Under DDP, Lightning swaps in a DistributedSampler that gives each rank its own share."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=num_workers,
+                      collate_fn=passthrough_collate, persistent_workers=num_workers > 0)
 
 
 class EpisodeWindowDataset(Dataset):

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ..data.errors import DatasetError
 from ..envs.dmc import EnvSpecError
 from .callbacks import ThroughputMonitor
+from .weights import ARCHITECTURE_KEYS, read_checkpoint
 
 # Shared by both scripts; each adds its own.
 COMMON_FLAGS = {
@@ -88,8 +89,34 @@ class ControlCLI(LightningCLI):
         return path
 
 
+class DownstreamCLI(ControlCLI):
+    """Adds: the task goes from the data to the model, and model sizes default to the checkpoint's."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("data.domain", "model.domain")
+        parser.link_arguments("data.task", "model.task")
+        ckpt = argv_value(sys.argv, "--model.load_model_from")
+        if ckpt:
+            config = read_checkpoint(ckpt).get("model_config", {})
+            parser.set_defaults({f"model.{k}": config[k] for k in ARCHITECTURE_KEYS + ("max_timestep",)
+                                 if k in config})
+
+
+def argv_value(argv: list[str], name: str) -> str | None:
+    """The value of ``name value`` or ``name=value`` in argv (last one wins), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def run_cli(module_class, datamodule_class, flags: dict[str, str], switches: dict[str, list[str]],
-            trainer_defaults: dict, description: str, argv: list[str] | None = None) -> ControlCLI | None:
+            trainer_defaults: dict, description: str, argv: list[str] | None = None,
+            downstream: bool = False) -> ControlCLI:
     """Parse (original or Lightning flags), build, save config.yaml, fit. Returns the CLI for callers that
     continue (evaluation); exits 2 with a one-paragraph message on bad data or arguments."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -97,7 +124,8 @@ def run_cli(module_class, datamodule_class, flags: dict[str, str], switches: dic
                             {**SWITCHES, **switches})
     sys.argv = [sys.argv[0], *args]  # LightningCLI reads sys.argv; passing args= too makes it warn
     try:
-        cli = ControlCLI(module_class, datamodule_class, run=False, save_config_callback=None,
+        cli_class = DownstreamCLI if downstream else ControlCLI
+        cli = cli_class(module_class, datamodule_class, run=False, save_config_callback=None,
                          trainer_defaults=trainer_defaults, seed_everything_default=123,
                          parser_kwargs={"description": description, "epilog": legacy_help({**COMMON_FLAGS, **flags})})
     except (DatasetError, EnvSpecError) as err:

@@ -1,0 +1,197 @@
+"""Rollout evaluation in real dm_control with a tiny real model: the rollout context equals the training context,
+batching changes nothing, one reset per episode, RTG bookkeeping, slots, video; and the return statistics."""
+
+import numpy as np
+import pytest
+import torch
+
+from control_pretrain.envs.dmc import DMCEnv, make_env
+from control_pretrain.eval.rollout import Slot, evaluate, make_policy
+from control_pretrain.eval.stats import TARGET_RETURNS, bootstrap_ci, iqm, summarize, target_return_for
+from control_pretrain.models.control_transformer import ControlTransformer, ControlTransformerConfig
+from control_pretrain.objectives import BehaviorCloningObjective, ReturnConditionedObjective
+
+K, C = 8, 32
+OBS_DIM, ACTION_DIM = 17, 6  # cheetah
+
+
+def tiny_policy(kind: str = "bc", obs_type: str = "state", obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM):
+    torch.manual_seed(0)
+    model = ControlTransformer(ControlTransformerConfig(
+        obs_type=obs_type, obs_dim=obs_dim, action_dim=action_dim, n_layer=2, n_head=2, n_embd=C, context_length=K,
+        max_timestep=256, state_hidden=32))  # fmt: skip
+    objective = (BehaviorCloningObjective if kind == "bc" else ReturnConditionedObjective)(C, action_dim)
+    with torch.no_grad():  # actions of std ~0.5 (not ~0.02 as at init), so the episodes really move
+        objective.head.weight.mul_(0.5 / (0.02 * objective.head.in_features**0.5))
+    return model.eval(), objective.eval()
+
+
+def cheetah(seed: int) -> DMCEnv:
+    return make_env("cheetah", "run", seed=seed)
+
+
+def training_window(ep: dict, start: int, arbitrary_last_action: bool, rng) -> dict:
+    """A training-style batch of one full K-step window [start, start+K) of a recorded episode: K observations,
+    K actions, per-step timesteps and returns-to-go."""
+    w = slice(start, start + K)
+    actions = ep["actions"][w].copy()
+    if arbitrary_last_action:  # the action at the window's last step is hidden by the causal mask
+        actions[-1] = rng.uniform(-1, 1, actions.shape[-1])
+    obs_key = "pixels" if "pixels" in ep else "observations"
+    batch = {obs_key: torch.as_tensor(ep[obs_key][w])[None], "actions": torch.as_tensor(actions)[None],
+             "timesteps": torch.as_tensor(ep["timesteps"][w])[None]}
+    if "rtg" in ep:
+        batch["rtg"] = torch.as_tensor(ep["rtg"][w], dtype=torch.float32)[None]
+    return batch
+
+
+@pytest.mark.parametrize("kind", ["bc", "rtg"])
+def test_rollout_context_equals_training_context(kind):
+    model, objective = tiny_policy(kind)
+    target = 850.0 if kind == "rtg" else None
+    res = evaluate(make_policy(model, objective), cheetah, seeds=[0, 1], context_length=K, target_return=target,
+                   max_steps=40, keep_history=True)
+    rng = np.random.default_rng(0)
+    for ep in res.histories:
+        assert len(ep["actions"]) == 40 and np.abs(ep["actions"]).max() > 0.1
+        np.testing.assert_array_equal(ep["timesteps"], np.arange(40))
+        for t in [0, 1, 3, K - 1, K, K + 1, 20, 39]:
+            # t < K: the window [0, K) read at position t (later steps are hidden by the causal mask);
+            # t >= K: the window [t-K+1, t] read at its last observation.
+            start, pos = (0, t) if t < K else (t - K + 1, K - 1)
+            batch = training_window(ep, start, arbitrary_last_action=t >= K, rng=rng)
+            with torch.no_grad():
+                pred = objective.predict_actions(model, batch)[0, pos].clamp(-1, 1).numpy()
+            np.testing.assert_allclose(ep["actions"][t], pred, atol=1e-5, err_msg=f"step {t}")
+        # The test has power: the reference's context after K steps (K actions a_{t-K..t-1}, each one slot late)
+        # gives another action.
+        t = 20
+        buggy = training_window(ep, t - K + 1, False, rng)
+        buggy["actions"] = torch.as_tensor(ep["actions"][t - K : t])[None]
+        with torch.no_grad():
+            pred = objective.predict_actions(model, buggy)[0, -1].clamp(-1, 1).numpy()
+        assert np.abs(pred - ep["actions"][t]).max() > 1e-3
+
+
+def test_batched_equals_one_at_a_time():
+    model, objective = tiny_policy("rtg")
+    policy, seeds = make_policy(model, objective), [3, 4, 5]
+    batched = evaluate(policy, cheetah, seeds, context_length=K, target_return=850.0)
+    single = [evaluate(policy, cheetah, [s], context_length=K, target_return=850.0) for s in seeds]
+    np.testing.assert_array_equal(batched.lengths, [250, 250, 250])
+    np.testing.assert_allclose(batched.returns, [r.returns[0] for r in single], rtol=1e-5)
+    assert batched.seeds == seeds and batched.steps_per_sec > 0
+    assert len(set(np.round(batched.returns, 3))) == 3  # different seeds, different episodes
+
+
+class CountingEnv(DMCEnv):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resets = 0
+
+    def reset(self):
+        self.resets += 1
+        return super().reset()
+
+
+def test_one_reset_per_episode_seeded_initial_states_and_rtg():
+    model, objective = tiny_policy("rtg")
+    envs = []
+
+    def make(seed):
+        envs.append(CountingEnv("cheetah", "run", seed=seed))
+        return envs[-1]
+
+    seeds = [0, 1, 2, 0]
+    res = evaluate(make_policy(model, objective), make, seeds, K, target_return=500.0, max_steps=12,
+                   keep_history=True)
+    assert [e.seed for e in envs] == seeds and [e.resets for e in envs] == [1, 1, 1, 1]
+    first = [ep["observations"][0] for ep in res.histories]
+    for s, o in zip(seeds, first):
+        np.testing.assert_array_equal(o, make_env("cheetah", "run", seed=s).reset())  # the seed's own state
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
+    np.testing.assert_array_equal(first[0], first[3])
+    np.testing.assert_allclose(res.returns[0], res.returns[3])  # same seed, same episode
+    for ep, ret in zip(res.histories, res.returns):
+        assert ep["rtg"][0] == 500.0
+        np.testing.assert_allclose(ep["rtg"][1:], ep["rtg"][:-1] - ep["rewards"][:-1])
+        np.testing.assert_allclose(ep["rewards"].sum(), ret)
+        assert ep["rewards"].max() > 0
+    np.testing.assert_array_equal(res.lengths, [12] * 4)
+
+
+def test_slots_and_video():
+    obs_slot, action_slot = Slot(5, OBS_DIM, OBS_DIM + 9), Slot(2, ACTION_DIM, ACTION_DIM + 3)
+    model, objective = tiny_policy("bc", obs_dim=obs_slot.total, action_dim=action_slot.total)
+    res = evaluate(make_policy(model, objective), cheetah, [7], K, obs_slot=obs_slot, action_slot=action_slot,
+                   max_steps=5, record_video=True, keep_history=True)
+    ep = res.histories[0]
+    assert ep["observations"].shape == (5, obs_slot.total) and ep["actions"].shape == (5, action_slot.total)
+    np.testing.assert_array_equal(ep["observations"][0, 5:22], make_env("cheetah", "run", seed=7).reset())
+    assert not ep["observations"][:, :5].any() and not ep["observations"][:, 22:].any()
+    assert not ep["actions"][:, :2].any() and not ep["actions"][:, 8:].any() and ep["actions"][:, 2:8].any()
+    assert res.frames.shape == (5, 3, 84, 84) and res.frames.dtype == np.uint8 and res.frames.std() > 0
+    with pytest.raises(ValueError, match="slot"):
+        evaluate(make_policy(model, objective), cheetah, [7], K, obs_slot=Slot(0, 5, 26), max_steps=1)
+
+
+def test_pixel_rollout_context_equals_training_context():
+    model, objective = tiny_policy("bc", obs_type="pixels")
+    res = evaluate(make_policy(model, objective), lambda s: make_env("cheetah", "run", s, pixels=True,
+                   fast_render=True), [0, 1], K, obs_type="pixels", max_steps=K + 3, keep_history=True,
+                   record_video=True)  # fmt: skip
+    ep, rng = res.histories[0], np.random.default_rng(0)
+    assert ep["pixels"].dtype == np.uint8 and ep["pixels"].shape == (K + 3, 3, 84, 84)
+    np.testing.assert_array_equal(res.frames, ep["pixels"])
+    for t in [2, K + 2]:
+        start, pos = (0, t) if t < K else (t - K + 1, K - 1)
+        with torch.no_grad():
+            pred = objective.predict_actions(model, training_window(ep, start, t >= K, rng))[0, pos]
+        np.testing.assert_allclose(ep["actions"][t], pred.clamp(-1, 1).numpy(), atol=1e-5)
+
+
+def test_policy_must_be_in_eval_mode():
+    model, objective = tiny_policy()
+    with pytest.raises(RuntimeError, match="eval"):
+        evaluate(make_policy(model.train(), objective), cheetah, [0], K, max_steps=1)
+
+
+# ---- statistics --------------------------------------------------------------------------------------------------
+def test_mean_std_iqm_on_fixed_arrays():
+    x = [10.0, 1.0, 7.0, 3.0, 100.0, 5.0, 2.0, 8.0]  # sorted: 1 2 | 3 5 7 8 | 10 100
+    s = summarize(x)
+    assert s["num_episodes"] == 8 and s["returns"] == x
+    assert s["mean"] == pytest.approx(136 / 8)
+    assert s["std"] == pytest.approx(np.sqrt(sum((v - 17.0) ** 2 for v in x) / 8))
+    assert s["iqm"] == pytest.approx((3 + 5 + 7 + 8) / 4)
+    # n not divisible by 4: floor(n/4) values dropped at each end, as scipy.stats.trim_mean(x, 0.25) / rliable.
+    assert iqm([4.0, 1.0, 3.0, 2.0, 5.0]) == pytest.approx((2 + 3 + 4) / 3)  # n=5: drop 1 each side
+    assert iqm(list(range(10))) == pytest.approx(np.mean(range(2, 8)))  # n=10: drop 2 each side
+    assert iqm([3.0]) == 3.0
+
+
+def test_iqm_matches_scipy_trim_mean():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    for n in [1, 2, 3, 5, 7, 10, 50, 51]:
+        x = rng.normal(size=n)
+        assert iqm(x) == pytest.approx(stats.trim_mean(x, 0.25))
+
+
+def test_bootstrap_ci():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(500, 100, 10), rng.normal(500, 100, 200)
+    lo_s, hi_s = summarize(small)["ci95"]
+    lo_l, hi_l = summarize(large)["ci95"]
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < 0.5 * (hi_s - lo_s)
+    assert bootstrap_ci(small, seed=3) == bootstrap_ci(small, seed=3)  # seeded
+    assert bootstrap_ci([5.0]) == (5.0, 5.0)
+
+
+def test_target_return_for():
+    assert target_return_for("cheetah", "run") == 850.0 and target_return_for("hopper", "hop") == 200.0
+    assert target_return_for("finger", "turn_hard") == 1000.0 and len(TARGET_RETURNS) == 12
+    assert target_return_for("quadruped", "walk", override=700) == 700.0
+    with pytest.raises(ValueError, match=r"quadruped-walk.*--target_return"):
+        target_return_for("quadruped", "walk")
