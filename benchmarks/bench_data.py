@@ -46,12 +46,19 @@ SECTION = "## Data (issue 1/7)"
 
 def timed(fn, reps=REPS):
     """Median wall time of ``fn()`` over ``reps`` calls."""
-    times = []
+    return compare({"": fn}, reps)[""]
+
+
+def compare(fns, reps=REPS):
+    """Median wall time of each callable in ``fns``, called round-robin (one call of each per round) so that
+    load from other processes hits all alternatives alike and their ratios stay meaningful."""
+    times = {name: [] for name in fns}
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def each(fn, items):
@@ -74,48 +81,51 @@ def fmt(x, digits=0):
 
 
 # --------------------------------------------------------------------------------------------- 1. collection
-def collection_rates(domain, task, pixels, fast, steps, frames):
-    """(agent steps/s of record_episode, env.render() frames/s or None) for one env configuration."""
+def collection_rates(domain, task, steps, frames):
+    """Agent steps/s of ``record_episode`` and ``env.render()`` frames/s for the state / default / fast envs."""
     from control_pretrain.data.collect import record_episode
     from control_pretrain.envs.dmc import make_env
 
-    env = make_env(domain, task, seed=0, pixels=pixels, fast_render=fast)
+    envs = {"state": make_env(domain, task), "default": make_env(domain, task, pixels=True),
+            "fast": make_env(domain, task, pixels=True, fast_render=True)}
     rng = np.random.default_rng(0)
-    try:
-        if steps < 250:  # shorten the episode (private dm_control field; benchmark only)
-            env._env._step_limit = steps * env.action_repeat
+    lengths = {mode: [] for mode in envs}
+
+    def episode(mode):
+        env = envs[mode]
+        ep = record_episode(env, lambda _obs: rng.uniform(-1, 1, env.action_dim), mode != "state")
+        lengths[mode].append(len(ep["actions"]))
+
+    for mode, env in envs.items():
+        if steps[mode] < 250:  # shorten the episode (private dm_control field; benchmark only)
+            env._env._step_limit = steps[mode] * env.action_repeat
         env.reset()
-        if pixels:
+        if mode != "state":
             env.render()  # GL context / camera creation is not part of the steady state
-
-        lengths = []
-
-        def episode():
-            lengths.append(len(record_episode(env, lambda _obs: rng.uniform(-1, 1, env.action_dim), pixels)["actions"]))
-
-        steps_per_s = steps / timed(episode)
-        assert lengths == [steps] * REPS, lengths
-        fps = frames / timed(each(lambda _: env.render(), range(frames))) if pixels else None
-        return steps_per_s, fps
-    finally:
+    t_ep = compare({mode: (lambda mode=mode: episode(mode)) for mode in envs})
+    assert all(lengths[m] == [steps[m]] * REPS for m in envs), lengths
+    t_render = compare({mode: each(lambda _, env=envs[mode]: env.render(), range(frames[mode])) for mode in frames})
+    for env in envs.values():
         env.close()
+    return {m: steps[m] / t for m, t in t_ep.items()}, {m: frames[m] / t for m, t in t_render.items()}
 
 
 def bench_collection(quick):
-    default_steps = 50 if quick else 250
+    steps = {"state": 250, "default": 50 if quick else 250, "fast": 250}
+    frames = {"default": 10 if quick else 30, "fast": 50 if quick else 200}
     rows = []
     for domain, task in DOMAINS:
-        state, _ = collection_rates(domain, task, False, False, 250, 0)
-        default, default_fps = collection_rates(domain, task, True, False, default_steps, 10 if quick else 30)
-        fast, fast_fps = collection_rates(domain, task, True, True, 250, 50 if quick else 200)
-        rows.append([f"{domain}-{task}", fmt(state), fmt(default), fmt(fast), fmt(fast / default, 1) + "x",
-                     fmt(default_fps), fmt(fast_fps), fmt(fast_fps / default_fps, 1) + "x"])
+        rate, fps = collection_rates(domain, task, steps, frames)
+        rows.append([f"{domain}-{task}", fmt(rate["state"]), fmt(rate["default"]), fmt(rate["fast"]),
+                     fmt(rate["fast"] / rate["default"], 1) + "x", fmt(fps["default"]), fmt(fps["fast"]),
+                     fmt(fps["fast"] / fps["default"], 1) + "x"])
         print(rows[-1], flush=True)
     header = ["task", "state steps/s", "pixels default steps/s", "pixels fast steps/s", "fast/default",
               "render default fps", "render fast fps", "fast/default"]
     note = (f"Agent steps/s of `record_episode` (random policy, action repeat 4, 1 episode of 250 steps; default-"
-            f"visual pixels: {default_steps} steps), median of {REPS} episodes, env construction and first render "
-            f"excluded. Render fps: `env.render()` alone (84x84, channels-first), median of {REPS} runs.")
+            f"visual pixels: {steps['default']} steps), median of {REPS} episodes, env construction and first render "
+            f"excluded; the three variants of a task run round-robin. Render fps: `env.render()` alone (84x84, "
+            f"channels-first; {frames['default']} / {frames['fast']} frames), median of {REPS} runs.")
     return table(header, rows) + "\n\n" + note
 
 
@@ -166,7 +176,6 @@ def bench_state_windows(quick):
 
     rng = np.random.default_rng(1)
     batches = [rng.integers(0, len(ds), 256) for _ in range(40 if quick else 200)]
-    fast_s = timed(each(ds.__getitems__, batches))
 
     # Naive baseline: every key loaded into numpy, one Python slice per window and key, then stacked.
     with h5py.File(path, "r") as h5:
@@ -194,7 +203,8 @@ def bench_state_windows(quick):
     for k in ("observations", "actions", "rewards", "timesteps"):
         assert np.array_equal(ref[k], got[k].numpy()), k
     assert np.allclose(ref["rtg"], got["rtg"].numpy(), rtol=1e-4, atol=1e-3)
-    naive_s = timed(each(naive, batches))
+    t = compare({"fast": each(ds.__getitems__, batches), "naive": each(naive, batches)})
+    fast_s, naive_s = t["fast"], t["naive"]
     nwin = 256 * len(batches)
     fast_wps, naive_wps = nwin / fast_s, nwin / naive_s
     os.remove(path)
@@ -225,37 +235,37 @@ def bench_pixel_windows(quick):
     disk = EpisodeWindowDataset([TrajectoryFile(path, load_pixels=True)], K, state=False, pixels=True)
     batches = [rng.integers(0, len(disk), 32) for _ in range(10 if quick else 30)]
     nwin = 32 * len(batches)
-    results = {"disk": nwin / timed(each(disk.__getitems__, batches))}
     t = time.perf_counter()
     ram = EpisodeWindowDataset([TrajectoryFile(path, load_pixels=True)], K, state=False, pixels=True,
                                pixel_cache_bytes=4 << 30)
     load_s = time.perf_counter() - t
     assert ram.files[0].pixels._ram is not None
-    results["ram"] = nwin / timed(each(ram.__getitems__, batches))
 
-    h5 = h5py.File(path, "r")  # default 1 MB chunk cache
-    dset = h5["pixels"]
-    naive = lambda idx: np.stack([dset[s:s + K] for s in disk.starts[idx]])
-    ref = naive(batches[0])
-    assert np.array_equal(ref, disk.__getitems__(batches[0])["pixels"].numpy())
-    assert np.array_equal(ref, ram.__getitems__(batches[0])["pixels"].numpy())
-    results["naive"] = nwin / timed(each(naive, batches))
-    h5.close()
+    naive_h5 = h5py.File(path, "r")  # default 1 MB chunk cache
+    naive_dset = naive_h5["pixels"]
+
+    def naive(idx):
+        return np.stack([naive_dset[s:s + K] for s in disk.starts[idx]])
 
     # Not the library: PixelReader's read_direct and chunk cache (4 MB), but on one Dataset object kept open;
     # PixelReader looks up h5["pixels"] again for every window.
-    h5 = h5py.File(path, "r", rdcc_nbytes=4 << 20)
-    dset = h5["pixels"]
+    kept_h5 = h5py.File(path, "r", rdcc_nbytes=4 << 20)
+    kept_dset = kept_h5["pixels"]
 
     def kept(idx):
         frames = np.empty((len(idx), K, 3, 84, 84), np.uint8)
         for b, s in enumerate(disk.starts[idx]):
-            dset.read_direct(frames[b], np.s_[s:s + K])
+            kept_dset.read_direct(frames[b], np.s_[s:s + K])
         return frames
 
+    ref = naive(batches[0])
+    assert np.array_equal(ref, disk.__getitems__(batches[0])["pixels"].numpy())
+    assert np.array_equal(ref, ram.__getitems__(batches[0])["pixels"].numpy())
     assert np.array_equal(ref, kept(batches[0]))
-    results["kept"] = nwin / timed(each(kept, batches))
-    h5.close()
+    fns = {"disk": disk.__getitems__, "ram": ram.__getitems__, "naive": naive, "kept": kept}
+    results = {k: nwin / t for k, t in compare({k: each(fn, batches) for k, fn in fns.items()}).items()}
+    naive_h5.close()
+    kept_h5.close()
     rows = [["`__getitems__`, from disk (page cache warm, `pixel_cache_bytes=0`)", results["disk"]],
             ["`__getitems__`, RAM cache (`pixel_cache_bytes` >= file)", results["ram"]],
             ["naive: `dset[s:s+K]` per window, default 1 MB chunk cache, np.stack", results["naive"]],
@@ -311,9 +321,12 @@ def bench_memory(quick, small_path):
     cases = [(f"{size / 1e9:.2f} GB file, budget {budget >> 20} MiB (file > budget)", big, budget),
              (f"{os.path.getsize(small_path) / 1e9:.2f} GB file, budget 4 GiB (file cached in RAM)", small_path,
               4 << 30)]
+    all_runs = [[] for _ in cases]
+    for _ in range(REPS):  # round-robin over the cases
+        for runs, (_, path, b) in zip(all_runs, cases):
+            runs.append(run_child(path, b))
     rows = []
-    for name, path, b in cases:
-        runs = [run_child(path, b) for _ in range(REPS)]
+    for runs, (name, path, b) in zip(all_runs, cases):
         peak, base, build_s, wps = (statistics.median(r[k] for r in runs) for k in ("peak", "base", "build_s", "wps"))
         limit = b + (1 << 30)
         rows.append([name, "yes" if runs[0]["cached"] else "no", fmt(base / 2**20), fmt(peak / 2**20),
@@ -325,7 +338,8 @@ def bench_memory(quick, small_path):
                    "build s", "windows/s", "target: peak < budget + 1 GiB"], rows) +
             f"\n\nEach case runs in a fresh subprocess (300 random batches of 32 windows); peak RSS = `VmHWM` of "
             f"/proc/self/status (`ru_maxrss` of a child inherits the parent's peak across fork/exec on Linux, so it "
-            f"is not clean); all columns are medians of {REPS} subprocesses.")
+            f"is not clean); all columns are medians of {REPS} subprocesses. `pixel_cache_bytes` is granted per "
+            f"whole file: a file larger than the budget gets no RAM cache at all and is read from disk.")
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -363,7 +377,7 @@ def write_section(out, body):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smaller sizes (~1-2 min)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (about 1.5 min instead of 4)")
     p.add_argument("--out", help="markdown file whose data section is written/replaced, e.g. docs/benchmarks.md")
     p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -144,51 +144,55 @@ def evaluate(
     in_slot = torch.zeros(action_slot.total, dtype=torch.bool, device=device)
     in_slot[action_slot.offset : action_slot.offset + action_slot.size] = True
 
-    j = 0
-    while live.any():
-        idx = np.flatnonzero(live)
-        rows = torch.as_tensor(idx, device=device)
-        obs_ring[rows, j % K] = torch.as_tensor(np.stack([obs[i] for i in idx]), device=device)
-        rtg_ring[rows, j % K] = torch.as_tensor(rtg[idx], dtype=torch.float32, device=device)
-        T = min(j + 1, K)
-        steps = torch.arange(j - T + 1, j + 1, device=device)  # per-step timesteps, as training windows carry
-        cols = steps % K
-        batch = {
-            "pixels" if pixels else "observations": obs_ring[rows[:, None], cols],  # (n, T, ...)
-            "actions": act_ring[rows[:, None], cols[:-1]],  # (n, T-1, A): ends with the newest observation
-            "timesteps": steps.expand(len(idx), T),  # (n, T)
-        }
-        if rtg_mode:
-            batch["rtg"] = rtg_ring[rows[:, None], cols]  # (n, T)
-        pred = policy_fn(batch)  # (n, T, A)
-        if pred.shape[:2] != (len(idx), T) or pred.shape[-1] != action_slot.total:
-            raise ValueError(f"policy_fn returned {tuple(pred.shape)}, expected ({len(idx)}, {T}, {action_slot.total})")
-        # Act on the last observation token; outside this domain's slot the fed-back action is zero, as in the
-        # zero-padded multi-domain training data.
-        action = torch.where(in_slot, pred[:, -1].float().clamp(-1.0, 1.0), 0.0)  # (n, A)
-        act_ring[rows, j % K] = action
-        action_np = action.cpu().numpy()
-        env_actions = action_slot.take(action_np)
-        for n, i in enumerate(idx):
-            if record_video and i == 0:
-                frames.append(obs[0] if pixels else envs[0].render())
-            if keep_history:
-                for key, value in (("obs", obs[i]), ("actions", action_np[n]), ("timesteps", j), ("rtg", rtg[i])):
-                    hist[i][key].append(value)
-            flat, reward, terminal, timeout = envs[i].step(env_actions[n])
-            returns[i] += reward
-            rtg[i] -= reward
-            lengths[i] += 1
-            if keep_history:
-                hist[i]["rewards"].append(reward)
-            if terminal or timeout or (max_steps is not None and lengths[i] >= max_steps):
-                live[i] = False
-            else:
-                obs[i] = observe(i, flat)
-        j += 1
-    wall = time.perf_counter() - start
-    for env in envs:
-        env.close()
+    try:
+        j = 0
+        while live.any():
+            idx = np.flatnonzero(live)
+            rows = torch.as_tensor(idx, device=device)
+            obs_ring[rows, j % K] = torch.as_tensor(np.stack([obs[i] for i in idx]), device=device)
+            rtg_ring[rows, j % K] = torch.as_tensor(rtg[idx], dtype=torch.float32, device=device)
+            T = min(j + 1, K)
+            steps = torch.arange(j - T + 1, j + 1, device=device)  # per-step timesteps, as training windows carry
+            cols = steps % K
+            batch = {
+                "pixels" if pixels else "observations": obs_ring[rows[:, None], cols],  # (n, T, ...)
+                "actions": act_ring[rows[:, None], cols[:-1]],  # (n, T-1, A): ends with the newest observation
+                "timesteps": steps.expand(len(idx), T),  # (n, T)
+            }
+            if rtg_mode:
+                batch["rtg"] = rtg_ring[rows[:, None], cols]  # (n, T)
+            pred = policy_fn(batch)  # (n, T, A)
+            if pred.shape[:2] != (len(idx), T) or pred.shape[-1] != action_slot.total:
+                expected = (len(idx), T, action_slot.total)
+                raise ValueError(f"policy_fn returned {tuple(pred.shape)}, expected {expected}")
+            # Act on the last observation token; outside this domain's slot the fed-back action is zero, as in the
+            # zero-padded multi-domain training data.
+            action = torch.where(in_slot, pred[:, -1].float().clamp(-1.0, 1.0), 0.0)  # (n, A)
+            act_ring[rows, j % K] = action
+            action_np = action.cpu().numpy()
+            env_actions = action_slot.take(action_np)
+            for n, i in enumerate(idx):
+                if record_video and i == 0:
+                    frames.append(obs[0] if pixels else envs[0].render())
+                if keep_history:
+                    for key, value in (("obs", obs[i]), ("actions", action_np[n]), ("timesteps", j),
+                                       ("rtg", rtg[i])):
+                        hist[i][key].append(value)
+                flat, reward, terminal, timeout = envs[i].step(env_actions[n])
+                returns[i] += reward
+                rtg[i] -= reward
+                lengths[i] += 1
+                if keep_history:
+                    hist[i]["rewards"].append(reward)
+                if terminal or timeout or (max_steps is not None and lengths[i] >= max_steps):
+                    live[i] = False
+                else:
+                    obs[i] = observe(i, flat)
+            j += 1
+        wall = time.perf_counter() - start
+    finally:
+        for env in envs:
+            env.close()
 
     histories = None
     if keep_history:

@@ -1,0 +1,127 @@
+"""Finetuning through the real CLI on tiny data: BC and return-conditioned runs end to end, eval_results.json,
+weight-loading rules, data selection, a frozen encoder, and clear errors for checkpoints that do not fit."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_in_process, run_script, write_synthetic
+
+import dmc_downstream
+import dmc_pretrain
+from control_pretrain.data.downstream_datamodule import select_episodes
+from control_pretrain.lit.downstream_module import DownstreamModule
+
+TINY_PRETRAIN = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",
+                 "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.limit_train_batches", "2",
+                 "--trainer.limit_val_batches", "1", "--quiet"]
+RESULT_KEYS = {"domain", "task", "model_type", "checkpoint", "pretrained_from", "target_return", "num_episodes",
+               "seeds", "returns", "mean", "std", "iqm", "ci95"}
+
+
+@pytest.fixture(scope="module")
+def pretrained(collected_dir, tmp_path_factory):
+    """A tiny state model pretrained on cartpole-swingup + pendulum-swingup."""
+    out = tmp_path_factory.mktemp("pretrained")
+    run_in_process(dmc_pretrain.main, [
+        "--multi_config", "configs/pretrain_configs/multipretrain_source_test.json", "--train_replay_id", "1",
+        "--epochs", "1", "--num_steps", "1000", "--output_dir", str(out), "--data_dir_prefix", str(collected_dir),
+        "--obs_type", "state", *TINY_PRETRAIN])
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def balance_dir(collected_dir):
+    """cartpole-balance (a task unseen in pretraining, seen domain), replay ids 1 and 2."""
+    res = run_script("dmc_data.py", "collect", "--domain", "cartpole", "--task", "balance", "--num_steps", "1000",
+                     "--replay_id", "1", "2", "--data_dir_prefix", str(collected_dir), "--quiet")
+    assert res.returncode == 0, res.stderr
+    return collected_dir
+
+
+def finetune_args(data_dir, out_dir, *extra):
+    return ["--epochs", "1", "--num_steps", "1000", "--domain", "cartpole", "--task", "balance",
+            "--source_data_type", "rand", "--data_dir_prefix", str(data_dir), "--output_dir", str(out_dir),
+            "--obs_type", "state", "--select_rate", "0.5", "--eval_episodes", "2", "--data.batch_size", "8",
+            "--data.num_workers", "0", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+            "--quiet", *extra]
+
+
+def test_bc_from_pretrained_end_to_end(pretrained, balance_dir, tmp_path):
+    cli, report = run_in_process(dmc_downstream.main, finetune_args(
+        balance_dir, tmp_path, "--model_type", "naive", "--no_load_action", "--load_model_from", str(pretrained)))
+    module = cli.model
+    # Sizes came from the checkpoint, not the paper defaults.
+    assert (module.hparams.n_layer, module.hparams.n_embd, module.hparams.context_length) == (1, 32, 6)
+    # Explicit rules: trunk and encoder loaded; action encoder (no_load_action) and the new BC head re-initialised.
+    assert any(n.startswith("model.blocks.") for n in module.loaded)
+    assert any(n.startswith("model.obs_encoder.") for n in module.loaded)
+    assert {n.split(".")[1] for n in module.reinitialised} == {"action_encoder", "bc_objective"}
+    # cartpole was seen in pretraining: its observations keep their slot, so the whole state encoder transfers.
+    assert module.obs_slot == (0, 5, 8)
+    saved = json.loads((tmp_path / "eval_results.json").read_text())
+    assert RESULT_KEYS <= saved.keys() and saved == json.loads(json.dumps(report))
+    assert saved["pretrained_from"] == str(pretrained) and saved["target_return"] is None
+    assert saved["num_episodes"] == 2 and saved["seeds"] == [2000, 2001] and saved["selection_seeds"] == [1000, 1001]
+    assert saved["mean"] == pytest.approx(np.mean(saved["returns"]))
+    assert saved["ci95"][0] <= saved["mean"] <= saved["ci95"][1]
+    assert saved["best"]["checkpoint"].endswith(".ckpt") and len(saved["best"]["returns"]) == 2
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists() and (tmp_path / "config.yaml").exists()
+
+
+def test_return_conditioned_from_scratch(balance_dir, tmp_path):
+    cli, report = run_in_process(dmc_downstream.main, finetune_args(
+        balance_dir, tmp_path, "--model_type", "reward_conditioned", "--rand_select", "--model.n_layer", "1",
+        "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6"))
+    assert report["pretrained_from"] is None and cli.model.loaded == []
+    assert report["target_return"] == 1000  # the reference table's cartpole_balance target
+    assert cli.datamodule.hparams.rand_select
+    assert "rtg_objective" in dict(cli.model.objectives.named_children())
+
+
+def test_checkpoint_that_does_not_fit_is_a_clear_error(pretrained, balance_dir, tmp_path):
+    res = run_script("dmc_downstream.py", *finetune_args(balance_dir, tmp_path, "--load_model_from", str(pretrained),
+                                                         "--model.n_embd", "64"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "n_embd: checkpoint 32, this run 64" in res.stderr
+    res = run_script("dmc_downstream.py", *finetune_args(balance_dir, tmp_path, "--load_model_from",
+                                                         str(tmp_path / "nope.ckpt")))
+    assert res.returncode == 2 and "no such checkpoint" in res.stderr and "Traceback" not in res.stderr
+    pix = tmp_path / "pix"
+    assert run_script("dmc_data.py", "collect", "--domain", "cartpole", "--task", "balance", "--num_steps", "250",
+                      "--replay_id", "1", "2", "--pixels", "--fast_render", "--data_dir_prefix", str(pix),
+                      "--quiet").returncode == 0
+    res = run_script("dmc_downstream.py", *finetune_args(pix, tmp_path, "--obs_type", "pixels",
+                                                         "--load_model_from", str(pretrained)))
+    assert res.returncode == 2 and "obs_type: checkpoint 'state', this run 'pixels'" in res.stderr
+
+
+def test_selection_top_and_random():
+    returns = np.array([5.0, 1.0, 9.0, 3.0, 7.0])
+    np.testing.assert_array_equal(select_episodes(returns, 2, randomly=False, seed=0), [2, 4])
+    picked = select_episodes(returns, 2, randomly=True, seed=0)
+    assert len(set(picked)) == 2 and np.array_equal(picked, select_episodes(returns, 2, randomly=True, seed=0))
+    assert len(select_episodes(returns, 0, randomly=False, seed=0)) == 1  # at least one episode
+
+
+def test_frozen_encoder_stays_put_and_the_rest_learns(tmp_path):
+    write_synthetic(tmp_path / "a.h5", [20, 20], obs_dim=5, action_dim=1)
+    module = DownstreamModule(domain="cartpole", task="balance", obs_type="state", obs_dim=5, action_dim=1,
+                              n_layer=1, n_head=2, n_embd=32, context_length=6, dropout=0.0, freeze_encoder=True)
+    module.train()
+    assert not module.model.obs_encoder.training
+    from control_pretrain.data.trajectory_file import TrajectoryFile
+    from control_pretrain.data.windows import EpisodeWindowDataset
+
+    batch = EpisodeWindowDataset([TrajectoryFile(str(tmp_path / "a.h5"))], 6).__getitems__(np.arange(8))
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    module.compute_losses(batch)["loss"].backward()
+    opt.step()
+    for name, p in module.named_parameters():
+        moved = not torch.equal(before[name], p)
+        if name.startswith("model.obs_encoder.") or name.startswith("model.target_obs_encoder."):
+            assert not moved, name
+        elif name not in ("model.mask_token",):  # the mask token is only used by masked pretraining
+            assert moved, name
