@@ -347,7 +347,9 @@ def machine():
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     cpu = re.search(r"Model name:\s*(.+)", lscpu)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores, {cpu.group(1).strip() if cpu else platform.processor()}, {ram:.0f} GiB RAM"
+    simd = "AVX-512" if "avx512f" in lscpu else "AVX2" if "avx2" in lscpu else "no AVX2"
+    return (f"{os.cpu_count()} cores, {cpu.group(1).strip() if cpu else platform.processor()} ({simd}), "
+            f"{ram:.0f} GiB RAM")
 
 
 HEADER = """# Benchmarks

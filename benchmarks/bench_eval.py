@@ -69,7 +69,8 @@ def machine() -> str:
         model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
     except OSError:
         model = platform.processor() or "?"
-    return f"{os.cpu_count()} CPUs (`nproc`), {model} (`lscpu`), Python {platform.python_version()}, torch {torch.__version__}"
+    return (f"{os.cpu_count()} CPUs (`nproc`), {model} (`lscpu`), Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
 
 
 def write_section(out: str, body: str) -> None:
