@@ -17,7 +17,7 @@ Measures, each repeated >= 3 times (median reported):
    430 MB / 200 MiB), 300 random batches of 32 windows. Target: peak RSS < budget + 1 GiB. Also the pixel file
    of (3) with a budget that holds it, to show what the RAM cache costs.
 
-Scratch files go to benchmarks/_work/ (git-ignored) and are deleted at the end. ``--out`` replaces (or appends)
+Scratch files go to benchmarks/_work/bench_data/ (git-ignored), removed at the end. ``--out`` replaces (or appends)
 the section "## Data (issue 1/7)" of the markdown file, creating the file with a header if needed.
 """
 
@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work")
+WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "bench_data")  # removed at the end
 DOMAINS = [("walker", "walk"), ("cheetah", "run"), ("hopper", "hop"), ("cartpole", "swingup"),
            ("finger", "spin"), ("pendulum", "swingup"), ("quadruped", "walk")]
 K, REPS = 30, 3
@@ -378,8 +378,8 @@ def write_section(out, body):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smaller sizes (about 1.5 min instead of 4)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller sizes (about 1-2 min instead of 3-4)")
     p.add_argument("--out", help="markdown file whose data section is written/replaced, e.g. docs/benchmarks.md")
     p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -402,9 +402,7 @@ def main():
         report("Pixel windows (K=30, 84x84)", result)
         report("Peak memory", bench_memory(args.quick, small_path))
     finally:
-        for name in os.listdir(WORK):
-            if name.endswith(".h5") or ".tmp-" in name:
-                os.remove(os.path.join(WORK, name))
+        shutil.rmtree(WORK, ignore_errors=True)
     cmd = "python benchmarks/bench_data.py" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out
                                                                                     else "")
     total = time.perf_counter() - t0
@@ -416,8 +414,6 @@ def main():
     if args.out:
         write_section(args.out, body)
         print(f"wrote {args.out}")
-    if not os.listdir(WORK):
-        shutil.rmtree(WORK)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ class PixelReader:
         self.path, self.num_steps, self.frame_shape = path, num_steps, tuple(frame_shape)
         self._ram: np.ndarray | None = None
         self._h5 = None
+        self._dset = None
         self._pid = None
 
     @property
@@ -35,11 +36,13 @@ class PixelReader:
             self._ram = h5["pixels"][: self.num_steps]
 
     def _dataset(self):
-        if self._h5 is None or self._pid != os.getpid():
-            # Small chunk cache: each window is read once, so caching chunks only costs memory.
+        if self._dset is None or self._pid != os.getpid():
+            # Small chunk cache: each window is read once, so caching chunks only costs memory. The Dataset object
+            # is kept: looking it up per window made reads 1.4x slower (docs/benchmarks.md).
             self._h5 = open_h5(self.path, rdcc_nbytes=4 << 20)
+            self._dset = self._h5["pixels"]
             self._pid = os.getpid()
-        return self._h5["pixels"]
+        return self._dset
 
     def read_into(self, out: np.ndarray, start: int) -> None:
         """Fill ``out`` (K, 3, H, W) with frames [start, start + K)."""
@@ -50,7 +53,7 @@ class PixelReader:
 
     def __getstate__(self):  # never pickle an open handle (spawned workers, DDP)
         state = self.__dict__.copy()
-        state["_h5"], state["_pid"] = None, None
+        state["_h5"], state["_dset"], state["_pid"] = None, None, None
         return state
 
 
