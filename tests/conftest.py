@@ -6,8 +6,8 @@ import sys
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
@@ -18,7 +18,7 @@ def run_script(script: str, *args: str, timeout: float = 600, env: dict | None =
     """Run ``python src/<script> args`` from the repository root, as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, os.path.join(SRC, script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+                          text=True, timeout=timeout, env=full_env, check=False)
 
 
 @pytest.fixture(scope="session")

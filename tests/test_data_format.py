@@ -72,10 +72,9 @@ def test_writer_failure_leaves_nothing_and_keeps_the_old_file(tmp_path):
     before = path.read_bytes()
     attrs = {"domain": "cartpole", "task": "swingup", "policy": "random", "seed": 0, "replay_id": 1,
              "action_repeat": 4, "obs_keys": ["position"]}
-    with pytest.raises(RuntimeError):
-        with TrajectoryWriter(str(path), attrs, 3, 2, 2) as w:
-            w.append_episode(synthetic_episode(30, 1))
-            raise RuntimeError("crash mid-collection")
+    with pytest.raises(RuntimeError), TrajectoryWriter(str(path), attrs, 3, 2, 2) as w:
+        w.append_episode(synthetic_episode(30, 1))
+        raise RuntimeError("crash mid-collection")
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["d.h5"]
 

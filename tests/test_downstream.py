@@ -121,7 +121,7 @@ def test_frozen_encoder_stays_put_and_the_rest_learns(tmp_path):
     opt.step()
     for name, p in module.named_parameters():
         moved = not torch.equal(before[name], p)
-        if name.startswith("model.obs_encoder.") or name.startswith("model.target_obs_encoder."):
+        if name.startswith(("model.obs_encoder.", "model.target_obs_encoder.")):
             assert not moved, name
         elif name not in ("model.mask_token",):  # the mask token is only used by masked pretraining
             assert moved, name

@@ -66,7 +66,7 @@ def _inspect(args: argparse.Namespace) -> None:
         with open_h5(path) as h5:
             for key in h5:
                 d = h5[key]
-                print(f"  {key:<13} {str(d.shape):<22} {d.dtype}  chunks={d.chunks}")
+                print(f"  {key:<13} {d.shape!s:<22} {d.dtype}  chunks={d.chunks}")
         print(f"  obs_keys  {', '.join(a['obs_keys'])}")
         others = {k: v for k, v in a.items() if k not in ("obs_keys",)}
         print("  attrs     " + "  ".join(f"{k}={v}" for k, v in sorted(others.items())))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 

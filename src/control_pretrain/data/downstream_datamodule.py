@@ -116,7 +116,7 @@ class DownstreamDataModule(LightningDataModule):
         self.train_episodes = select_episodes(returns, self._count(len(returns)), hp.rand_select, hp.selection_seed)
         val_returns = self.val_file.episode_returns()
         self.val_episodes = select_episodes(val_returns, self._count(len(val_returns)), False, hp.selection_seed)
-        common = dict(state=hp.obs_type == "state", pixels=hp.obs_type == "pixels")
+        common = {"state": hp.obs_type == "state", "pixels": hp.obs_type == "pixels"}
         self.train_set = EpisodeWindowDataset([self.train_file], hp.context_length, [self.train_episodes],
                                               pixel_cache_bytes=cache, **common)
         self.val_set = EpisodeWindowDataset([self.val_file], hp.context_length, [self.val_episodes],

@@ -17,7 +17,7 @@ class EpisodeIndex:
     ends: np.ndarray  # (E,) int64, one past the last step
 
     @classmethod
-    def from_done(cls, done: np.ndarray) -> "EpisodeIndex":
+    def from_done(cls, done: np.ndarray) -> EpisodeIndex:
         """``done[i]`` marks the last step of an episode; steps after the last ``done`` form a final episode."""
         done = np.asarray(done, dtype=bool)
         ends = np.flatnonzero(done) + 1

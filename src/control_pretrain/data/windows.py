@@ -31,7 +31,7 @@ class SlotLayout:
     slots: dict[str, tuple[int, int]]
 
     @classmethod
-    def from_sizes(cls, sizes: Sequence[tuple[str, int]]) -> "SlotLayout":
+    def from_sizes(cls, sizes: Sequence[tuple[str, int]]) -> SlotLayout:
         slots, offset = {}, 0
         for domain, size in sizes:
             if domain in slots:

@@ -91,7 +91,7 @@ class TrajectoryWriter:
         if os.path.exists(self.tmp_path):
             os.remove(self.tmp_path)
 
-    def __enter__(self) -> "TrajectoryWriter":
+    def __enter__(self) -> TrajectoryWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # base image, so it is the default unless the user already chose one.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 # The conventional camera per domain (DrQ/CURL convention, also used by SMART's dmc2gym: camera 0 except
 # quadruped, whose camera 0 does not follow the body).
@@ -149,7 +149,7 @@ class DMCEnv:
 
     def close(self) -> None:
         if self._camera is not None:
-            self._camera._scene.free()  # noqa: SLF001 - dm_control has no public close on Camera
+            self._camera._scene.free()
             self._camera = None
         self._env.close()
 

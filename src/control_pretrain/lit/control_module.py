@@ -40,7 +40,8 @@ class ControlModule(LightningModule):
         self.weights[objective.name] = weight
 
     def objective(self, name: str) -> Objective | None:
-        return self.objectives[f"{name}_objective"] if f"{name}_objective" in self.objectives else None
+        key = f"{name}_objective"
+        return self.objectives[key] if key in self.objectives else None
 
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cache: dict = {}

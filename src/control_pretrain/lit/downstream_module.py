@@ -36,7 +36,7 @@ MODEL_TYPES = ("naive", "reward_conditioned")
 
 def pretraining_obs_slot(ckpt: dict, domain: str) -> tuple[int, int, int] | None:
     """(offset, size, total) of ``domain`` in a pretraining checkpoint's observation layout, if it has one."""
-    for key, state in ckpt.items():
+    for state in ckpt.values():
         if isinstance(state, dict) and "obs_layout" in state and domain in state["obs_layout"]:
             layout = state["obs_layout"]
             offset, size = layout[domain]
