@@ -26,6 +26,8 @@ setup(
         "rich>=13",
         "imageio>=2.30",
         "imageio-ffmpeg>=0.5",
+        "azure-storage-blob>=12.19",  # az:// dataset prefixes (docs/blob.md)
+        "azure-identity>=1.15",  # DefaultAzureCredential
     ],
     extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
 )

@@ -8,4 +8,11 @@ if ! ldconfig -p | grep -q "libEGL.so.1"; then
   echo "[test] installing EGL/Mesa for headless MuJoCo rendering"
   apt-get update -qq && apt-get install -y -qq libegl1 libgl1-mesa-dri >/dev/null
 fi
+# Azure Blob tests (tests/test_blob.py) run against Azurite, the storage emulator from npm; the tests start it.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+if [ ! -x "$ROOT/.azurite/node_modules/.bin/azurite-blob" ]; then
+  echo "[test] installing Azurite (npm) into .azurite/"
+  command -v npm >/dev/null || { echo "[test] npm (Node.js 18+) is needed to install Azurite" >&2; exit 1; }
+  npm install --prefix "$ROOT/.azurite" --no-audit --no-fund --loglevel=error azurite >/dev/null
+fi
 python -m pytest "$@"

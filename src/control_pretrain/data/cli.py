@@ -1,4 +1,5 @@
-"""``python src/dmc_data.py {collect,inspect,import-smart}``: make, check and convert dataset files."""
+"""``python src/dmc_data.py {collect,inspect,import-smart,upload,download}``: make, check, convert and copy
+dataset files (upload/download: Azure Blob Storage, docs/blob.md)."""
 
 from __future__ import annotations
 
@@ -41,12 +42,44 @@ def _collect(args: argparse.Namespace) -> None:
         CollectJob(domain=d, task=t, replay_id=r, num_steps=args.num_steps, data_dir_prefix=args.data_dir_prefix,
                    policy=args.policy, pixels=args.pixels, seed=args.seed, action_repeat=args.action_repeat,
                    height=args.height, width=args.width, camera_id=args.camera_id, fast_render=args.fast_render,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, resume=args.resume, sac=_sac_overrides(args), save_agent=args.save_agent,
+                   eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                   checkpoint_every=args.checkpoint_every, log_dir=args.log_dir, agent_path=args.agent_path,
+                   action_noise=args.action_noise)
         for d, t in pairs for r in args.replay_id
     ]
+    if args.resume and args.policy != "sac":
+        raise DatasetError("--resume continues an interrupted --policy sac run only.")
     workers = args.workers or min(len(jobs), os.cpu_count() or 1)
     for path in collect_many(jobs, workers=workers, quiet=args.quiet):
         print(path)
+
+
+def _sac_overrides(args: argparse.Namespace) -> dict:
+    """``--sac.NAME VALUE`` options that were given (the rest keep SACConfig's defaults)."""
+    return {k[len("sac."):]: v for k, v in vars(args).items() if k.startswith("sac.") and v is not None}
+
+
+def _add_sac_options(c: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from ..agents.sac import SACConfig
+
+    g = c.add_argument_group("SAC (--policy sac; defaults: SAC-AE's state setting with 256x2 MLPs, agents/sac.py)")
+    for f in fields(SACConfig):
+        g.add_argument(f"--sac.{f.name}", type=type(f.default), default=None, metavar=type(f.default).__name__.upper(),
+                       help=f"default {f.default}")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run kept in {file}.tmp-partial (same options as the first run)")
+    g.add_argument("--save_agent", action="store_true", help="write the final agent to {file without .h5}.agent.pt")
+    g.add_argument("--eval_every", type=int, default=10000, help="agent steps between deterministic evaluations (0: off)")
+    g.add_argument("--eval_episodes", type=int, default=5, help="episodes per evaluation")
+    g.add_argument("--checkpoint_every", type=int, default=20, help="episodes between saves of the resume state")
+    g.add_argument("--log_dir", default=None,
+                   help="TensorBoard + metrics.jsonl root (default: {data folder}/tb_s{replay_id})")
+    k = c.add_argument_group("checkpoint rollouts (--policy checkpoint)")
+    k.add_argument("--agent_path", default=None, help="a saved agent (.agent.pt from --save_agent)")
+    k.add_argument("--action_noise", type=float, default=0.0, help="std of Gaussian noise added to its mean action")
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -81,6 +114,20 @@ def _import_smart(args: argparse.Namespace) -> None:
     print(f"{args.out}: {info.num_steps} steps, {info.num_episodes} episodes")
 
 
+def _upload(args: argparse.Namespace) -> None:
+    from .blob_cli import upload
+
+    c = upload(args.src, args.dest, workers=args.workers, quiet=args.quiet)
+    print(f"uploaded {c['uploaded']} file(s) ({c['bytes'] / 1e6:.1f} MB), skipped {c['skipped']} unchanged")
+
+
+def _download(args: argparse.Namespace) -> None:
+    from .blob_cli import download
+
+    c = download(args.src, args.dest, workers=args.workers, quiet=args.quiet)
+    print(f"downloaded {c['downloaded']} file(s) ({c['bytes'] / 1e6:.1f} MB), skipped {c['skipped']} unchanged")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmc_data.py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--domain", help="dm_control domain, e.g. cheetah")
     c.add_argument("--task", nargs="+", help="one or more tasks of --domain, e.g. run")
     c.add_argument("--multi_config", help="a task-set JSON ({domain: [tasks]}) instead of --domain/--task")
-    c.add_argument("--policy", default="random", choices=["random"], help="random: randcollect files")
+    c.add_argument("--policy", default="random", choices=["random", "sac", "checkpoint"],
+                   help="random: randcollect files; sac: a learning SAC agent's whole replay (fullcollect); "
+                        "checkpoint: rollouts of a saved agent (fullcollect, policy attr 'checkpoint')")
     c.add_argument("--num_steps", type=int, default=20000, help="agent steps per file (rounded up to whole episodes)")
     c.add_argument("--replay_id", type=int, nargs="+", default=[1], help="one file per replay id (s{id})")
     c.add_argument("--data_dir_prefix", default="data", help="root folder of the dataset layout")
@@ -104,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace existing files")
     c.add_argument("--workers", type=int, default=0, help="parallel processes (default: min(jobs, cores))")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_sac_options(c)
     c.set_defaults(func=_collect)
 
     i = sub.add_parser("inspect", help="validate dataset files and print a summary")
@@ -121,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--trust-pickle", dest="trust_pickle", action="store_true",
                    help="allow arbitrary pickled objects (executes code from the files: trusted files only)")
     m.set_defaults(func=_import_smart)
+
+    for name, func, src_help, dest_help in (
+        ("upload", _upload, "local dataset folder (e.g. data)", "az://<container>/<prefix> or https:// blob URL"),
+        ("download", _download, "az://<container>/<prefix> or https:// blob URL", "local folder (e.g. data)"),
+    ):
+        b = sub.add_parser(name, help=f"{name} a dataset folder to/from Azure Blob Storage (parallel, resumable: "
+                                      "files whose MD5 matches are skipped)")
+        b.add_argument("--src", required=True, help=src_help)
+        b.add_argument("--dest", required=True, help=dest_help)
+        b.add_argument("--workers", type=int, default=8, help="files transferred in parallel")
+        b.add_argument("--quiet", action="store_true", help="no progress bar")
+        b.set_defaults(func=func)
     return parser
 
 
@@ -133,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: no partial file was kept under a final name", file=sys.stderr)
+        print("interrupted: no partial file was kept under a final name (a --policy sac run keeps its whole "
+              "episodes in {file}.tmp-partial: continue it with --resume)", file=sys.stderr)
         return 130
     return 0

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,16 @@ class CollectJob:
     camera_id: int | None = None
     fast_render: bool = False
     overwrite: bool = False
+    # --policy sac / checkpoint (collect_sac.py)
+    resume: bool = False  # continue the kept partial file of an interrupted sac run
+    sac: dict | None = field(default=None, hash=False)  # SACConfig overrides
+    save_agent: bool = False  # write {file}.agent.pt at the end
+    eval_every: int = 10000  # agent steps between deterministic evaluations (0: never)
+    eval_episodes: int = 5
+    checkpoint_every: int = 20  # episodes between saves of the resume state
+    log_dir: str | None = None  # TensorBoard + metrics.jsonl (default: next to the file, tb_s{replay_id}/)
+    agent_path: str | None = None  # --policy checkpoint: the saved agent to roll out
+    action_noise: float = 0.0  # --policy checkpoint: std of Gaussian noise added to the mean action
 
     @property
     def path(self) -> str:
@@ -54,8 +64,10 @@ class CollectJob:
         return self.replay_id if self.seed is None else self.seed
 
 
-def record_episode(env: DMCEnv, act: Callable[[np.ndarray], np.ndarray], pixels: bool) -> dict[str, np.ndarray]:
-    """Run one episode; row i holds what the agent saw when it chose ``actions[i]`` and the reward that followed."""
+def record_episode(env: DMCEnv, act: Callable[[np.ndarray], np.ndarray], pixels: bool,
+                   on_step: Callable[..., None] | None = None) -> dict[str, np.ndarray]:
+    """Run one episode; row i holds what the agent saw when it chose ``actions[i]`` and the reward that followed.
+    ``on_step(obs, action, reward, next_obs, terminal, timeout)`` sees each transition as it happens (learners)."""
     obs = env.reset()
     rows: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "physics")}
     frames = []
@@ -65,7 +77,10 @@ def record_episode(env: DMCEnv, act: Callable[[np.ndarray], np.ndarray], pixels:
         if pixels:
             frames.append(env.render())
         action = np.clip(np.asarray(act(obs), np.float32), -1.0, 1.0)
+        prev_obs = obs
         obs, reward, terminal, timeout = env.step(action)
+        if on_step is not None:
+            on_step(prev_obs, action, reward, obs, terminal, timeout)
         rows["actions"].append(action)
         rows["rewards"].append(reward)
         rows["terminals"].append(terminal)
@@ -173,3 +188,11 @@ def collect_many(jobs: list[CollectJob], workers: int = 1, quiet: bool = False) 
 
 def _collect_inline(job: CollectJob, bar, task_id) -> str:
     return COLLECTORS[job.policy](job, lambda n: bar.advance(task_id, n))
+
+
+def _register_learned_collectors() -> None:
+    # collect_sac registers "sac" and "checkpoint" (it imports torch only when they run)
+    from . import collect_sac  # noqa: F401
+
+
+_register_learned_collectors()

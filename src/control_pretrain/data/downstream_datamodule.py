@@ -10,13 +10,12 @@ exact count for few-shot studies.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from ..envs.dmc import check_task
+from . import storage
 from .errors import DatasetError
 from .schema import KINDS, dataset_path
 from .trajectory_file import TrajectoryFile
@@ -50,6 +49,8 @@ class DownstreamDataModule(LightningDataModule):
         batch_size: int = 256,
         num_workers: int = 2,
         pixel_cache_gb: float = 2.0,
+        cache_dir: str | None = None,
+        cache_size_gb: float | None = None,
     ) -> None:
         """
         Args:
@@ -69,9 +70,14 @@ class DownstreamDataModule(LightningDataModule):
             batch_size: windows per batch and per device.
             num_workers: DataLoader worker processes.
             pixel_cache_gb: frames of whole files kept in RAM up to this size; the rest are read from disk.
+            cache_dir: local cache of files read from an Azure Blob prefix (az://..., docs/blob.md); default
+                $CONTROL_PRETRAIN_BLOB_CACHE_DIR or ~/.cache/control_pretrain/blob.
+            cache_size_gb: size cap of cache_dir, least recently opened files evicted first; default
+                $CONTROL_PRETRAIN_BLOB_CACHE_GB or 50.
         """
         super().__init__()
         self.save_hyperparameters()
+        storage.configure(cache_dir, cache_size_gb)
         check_task(domain, task)
         if source_data_type not in KINDS:
             raise DatasetError(f"--data.source_data_type must be one of {sorted(KINDS)}, not '{source_data_type}'.")
@@ -80,7 +86,11 @@ class DownstreamDataModule(LightningDataModule):
         kind = KINDS[source_data_type]
         self.train_path = dataset_path(data_dir_prefix, kind, domain, task, train_replay_id)
         self.val_path = dataset_path(data_dir_prefix, kind, domain, task, val_replay_id)
-        missing = [p for p in (self.train_path, self.val_path) if not os.path.exists(p)]
+        if storage.is_remote(data_dir_prefix):
+            storage.check_container(data_dir_prefix)  # names container and prefix when missing
+        missing = [storage.display(p) for p in (self.train_path, self.val_path) if not storage.exists(p)]
+        if not missing and storage.is_remote(data_dir_prefix):
+            storage.prefetch([self.train_path, self.val_path])
         if missing:
             policy = "random" if source_data_type == "rand" else "sac"
             raise DatasetError(

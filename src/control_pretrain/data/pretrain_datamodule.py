@@ -11,12 +11,11 @@ replay id 1..``--train_replay_id``, the first ``--num_steps`` steps (whole episo
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from . import storage
 from .cli import load_task_set
 from .errors import DatasetError
 from .schema import KINDS, dataset_path, open_h5
@@ -47,6 +46,8 @@ class MultiTaskDataModule(LightningDataModule):
         val_fraction: float = 0.05,
         split_seed: int = 0,
         pixel_cache_gb: float = 2.0,
+        cache_dir: str | None = None,
+        cache_size_gb: float | None = None,
     ) -> None:
         """
         Args:
@@ -63,9 +64,14 @@ class MultiTaskDataModule(LightningDataModule):
             val_fraction: fraction of each file's episodes held out for validation (when no val_replay_id).
             split_seed: seed of the held-out episode choice (the same on every rank).
             pixel_cache_gb: frames of whole files kept in RAM up to this size; the rest are read from disk.
+            cache_dir: local cache of files read from an Azure Blob prefix (az://..., docs/blob.md); default
+                $CONTROL_PRETRAIN_BLOB_CACHE_DIR or ~/.cache/control_pretrain/blob.
+            cache_size_gb: size cap of cache_dir, least recently opened files evicted first; default
+                $CONTROL_PRETRAIN_BLOB_CACHE_GB or 50.
         """
         super().__init__()
         self.save_hyperparameters()
+        storage.configure(cache_dir, cache_size_gb)
         if source_data_type not in ("rand", "full", "mix"):
             raise DatasetError(f"--source_data_type must be rand, full or mix, not '{source_data_type}'.")
         if val_replay_id is not None and 1 <= val_replay_id <= train_replay_id:
@@ -84,7 +90,12 @@ class MultiTaskDataModule(LightningDataModule):
         self.val_set: EpisodeWindowDataset | None = None
 
     def _check_files_exist(self) -> None:
-        missing = [p for p, _ in self.train_paths + self.val_paths if not os.path.exists(p)]
+        if storage.is_remote(self.hparams.data_dir_prefix):
+            storage.check_container(self.hparams.data_dir_prefix)  # names container and prefix when missing
+        paths = list(dict.fromkeys(p for p, _ in self.train_paths + self.val_paths))
+        missing = [storage.display(p) for p in paths if not storage.exists(p)]
+        if not missing and storage.is_remote(self.hparams.data_dir_prefix):
+            storage.prefetch(paths)  # parallel downloads into the blob cache: cold start bounded by bandwidth
         if missing:
             hp = self.hparams
             listing = "\n  ".join(missing)

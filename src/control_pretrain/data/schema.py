@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import storage
 from .errors import DatasetError
 
 SCHEMA_VERSION = 1
@@ -36,8 +37,9 @@ PIXEL_CHUNK_STEPS = 32
 
 
 def dataset_path(data_dir_prefix: str, kind: str, domain: str, task: str, replay_id: int) -> str:
-    """``{prefix}/{randcollect|fullcollect}_{domain}_{task}/{domain}_{task}_s{replay_id}.h5`` (DESIGN.md)."""
-    return os.path.join(data_dir_prefix, f"{kind}_{domain}_{task}", f"{domain}_{task}_s{replay_id}.h5")
+    """``{prefix}/{randcollect|fullcollect}_{domain}_{task}/{domain}_{task}_s{replay_id}.h5`` (DESIGN.md); the
+    prefix may be an Azure Blob one (``az://container/prefix``, storage.py)."""
+    return storage.join(data_dir_prefix, f"{kind}_{domain}_{task}", f"{domain}_{task}_s{replay_id}.h5")
 
 
 @dataclass
@@ -69,7 +71,18 @@ def read_attrs(h5) -> dict:
 
 
 def open_h5(path: str, **kwargs):
-    """``h5py.File(path, 'r')`` with errors that say what is wrong with the file instead of an h5py traceback."""
+    """``h5py.File(path, 'r')`` with errors that say what is wrong with the file instead of an h5py traceback.
+    A remote path (``az://...``) opens its verified copy in the local blob cache (storage.py)."""
+    if storage.is_remote(path):
+        local = storage.local_path(path, pin=True)  # pinned until opened: an open file survives eviction
+        try:
+            return _open_local(local, **kwargs)
+        finally:
+            storage.unpin(local)
+    return _open_local(path, **kwargs)
+
+
+def _open_local(path: str, **kwargs):
     import h5py
 
     if not os.path.exists(path):

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from . import storage
 from .episodes import EpisodeIndex
 from .errors import DatasetError
 from .schema import open_h5, read_attrs, validate
@@ -39,7 +40,9 @@ class PixelReader:
         if self._dset is None or self._pid != os.getpid():
             # Small chunk cache: each window is read once, so caching chunks only costs memory. The Dataset object
             # is kept: looking it up per window made reads 1.4x slower (docs/benchmarks.md).
-            self._h5 = open_h5(self.path, rdcc_nbytes=4 << 20)
+            # A remote file is read from its blob-cache copy, pinned against eviction while this process reads it.
+            path = storage.local_path(self.path, pin=True) if storage.is_remote(self.path) else self.path
+            self._h5 = open_h5(path, rdcc_nbytes=4 << 20)
             self._dset = self._h5["pixels"]
             self._pid = os.getpid()
         return self._dset

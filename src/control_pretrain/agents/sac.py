@@ -1,0 +1,254 @@
+"""A small state-based Soft Actor-Critic agent, the data collector of SMART's ``fullcollect`` sets.
+
+Reproduces the SAC of SAC-AE (Yarats et al. 2019, denisyarats/pytorch_sac_ae) with ``encoder_type=identity``, which
+ycsun2017/data_collect_dmc ran to make SMART's exploratory data (smart.md §1.1): twin Q critics with target copies,
+a tanh-squashed Gaussian actor whose log-std is squashed into [-10, 2], a learned temperature aiming at entropy
+-|A|, Adam everywhere, actor and target updates every 2 critic updates.
+
+Deliberate deviations (for a 2-core CPU):
+- hidden 256x2 instead of 1024x2 (SAC-AE's state setting): an update is compute-bound on a CPU core and 1024x2
+  costs about 10x more (measured: 22 vs 250 updates/s at batch 128, one thread); 256x2 is the usual state-SAC
+  size (Haarnoja et al. 2018).
+- ``updates_per_step`` (default 1.0, the reference's ratio) may be lowered to trade sample efficiency for speed.
+Batch 128 is SAC-AE's; 256 (pytorch_sac's) costs about 1.6x more per update on a CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class SACConfig:
+    """Hyperparameters; defaults follow SAC-AE's state setting except the width (module docstring)."""
+
+    hidden_dim: int = 256  # width of every hidden layer (SAC-AE state: 1024)
+    hidden_layers: int = 2  # hidden layers of actor and critics
+    batch_size: int = 128  # transitions per update (SAC-AE's value)
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    alpha_lr: float = 1e-4
+    actor_beta: float = 0.9  # Adam beta1 of the actor (SAC-AE)
+    critic_beta: float = 0.9  # Adam beta1 of the critics (SAC-AE)
+    alpha_beta: float = 0.5  # Adam beta1 of the temperature (SAC-AE)
+    init_temperature: float = 0.1
+    discount: float = 0.99
+    tau: float = 0.01  # soft target update rate (SAC-AE critic_tau)
+    actor_update_every: int = 2  # critic updates per actor + temperature update
+    target_update_every: int = 2  # critic updates per soft target update
+    log_std_min: float = -10.0
+    log_std_max: float = 2.0
+    init_steps: int = 1000  # uniformly random actions first (SAC-AE init_steps); updates start after them
+    updates_per_step: float = 1.0  # gradient updates per agent step once init_steps have passed
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> SACConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(values or {}) - names
+        if unknown:
+            raise ValueError(f"unknown SAC option(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**(values or {}))
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+    dims = [in_dim] + [hidden] * layers + [out_dim]
+    mods: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
+        mods.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            mods.append(nn.ReLU())
+    return nn.Sequential(*mods)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed diagonal Gaussian policy."""
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: SACConfig) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * action_dim, cfg.hidden_dim, cfg.hidden_layers)
+        self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.net(obs).chunk(2, dim=-1)  # (B, A) each
+        # SAC-AE: squash log_std into [min, max] smoothly instead of clamping
+        log_std = torch.tanh(log_std)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        return mu, log_std
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action in (-1, 1) and its log-probability (B, 1)."""
+        mu, log_std = self(obs)
+        std = log_std.exp()
+        noise = torch.randn_like(mu)
+        pre_tanh = mu + noise * std  # (B, A)
+        action = torch.tanh(pre_tanh)
+        log_prob = (-0.5 * noise.pow(2) - log_std).sum(-1, keepdim=True) - 0.5 * math.log(2 * math.pi) * mu.shape[-1]
+        # change of variables for tanh, in the numerically stable form log(1 - tanh(x)^2) = 2(log2 - x - softplus(-2x))
+        log_prob = log_prob - (2 * (math.log(2) - pre_tanh - F.softplus(-2 * pre_tanh))).sum(-1, keepdim=True)
+        return action, log_prob
+
+
+class Critic(nn.Module):
+    """Two Q functions evaluated together: returns (2, B, 1)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: SACConfig) -> None:
+        super().__init__()
+        self.q1 = mlp(obs_dim + action_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+        self.q2 = mlp(obs_dim + action_dim, 1, cfg.hidden_dim, cfg.hidden_layers)
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1)  # (B, O+A)
+        return torch.stack([self.q1(x), self.q2(x)])  # (2, B, 1)
+
+
+class SACAgent:
+    """Actor, twin critics, target critics and temperature, with their optimisers. CPU only, float32."""
+
+    def __init__(self, obs_dim: int, action_dim: int, cfg: SACConfig | None = None) -> None:
+        self.cfg = cfg = cfg or SACConfig()
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.actor = Actor(obs_dim, action_dim, cfg)
+        self.critic = Critic(obs_dim, action_dim, cfg)
+        self.critic_target = Critic(obs_dim, action_dim, cfg)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+        self.target_entropy = -float(action_dim)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, betas=(cfg.actor_beta, 0.999))
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr,
+                                           betas=(cfg.critic_beta, 0.999))
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, betas=(cfg.alpha_beta, 0.999))
+        self.num_updates = 0
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """One action in [-1, 1] for one observation (the mean action if ``deterministic``)."""
+        o = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)  # (1, O)
+        if deterministic:
+            action = torch.tanh(self.actor(o)[0])
+        else:
+            action = self.actor.sample(o)[0]
+        return action[0].numpy()
+
+    def update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
+               not_done: torch.Tensor) -> dict[str, float]:
+        """One critic update (and, every few, an actor/temperature and target update) on a batch.
+        Shapes: obs/next_obs (B, O), action (B, A), reward/not_done (B, 1)."""
+        cfg = self.cfg
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(next_obs)
+            target_q = self.critic_target(next_obs, next_action).min(0).values  # (B, 1)
+            target = reward + cfg.discount * not_done * (target_q - self.alpha * next_log_prob)
+        q = self.critic(obs, action)  # (2, B, 1)
+        critic_loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(dim=(1, 2)).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        self.num_updates += 1
+        info = {"critic_loss": critic_loss.item()}
+
+        if self.num_updates % cfg.actor_update_every == 0:
+            self.critic.requires_grad_(False)  # the actor loss must not write critic gradients
+            pi, log_prob = self.actor.sample(obs)
+            actor_q = self.critic(obs, pi).min(0).values  # (B, 1)
+            actor_loss = (self.alpha.detach() * log_prob - actor_q).mean()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            self.critic.requires_grad_(True)
+            alpha_loss = (self.alpha * (-log_prob.detach() - self.target_entropy)).mean()
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+            info.update(actor_loss=actor_loss.item(), alpha=self.alpha.item(), entropy=-log_prob.mean().item())
+
+        if self.num_updates % cfg.target_update_every == 0:
+            with torch.no_grad():
+                for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
+                    tp.lerp_(p, cfg.tau)
+        return info
+
+    def state_dict(self, with_optimizers: bool = True) -> dict:
+        """Config, sizes and weights (and optimiser states): everything ``from_state_dict`` needs."""
+        state = {
+            "config": asdict(self.cfg),
+            "obs_dim": self.obs_dim,
+            "action_dim": self.action_dim,
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "num_updates": self.num_updates,
+        }
+        if with_optimizers:
+            state["optimizers"] = {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict(),
+                                   "alpha": self.alpha_opt.state_dict()}
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> SACAgent:
+        agent = cls(state["obs_dim"], state["action_dim"], SACConfig.from_dict(state["config"]))
+        agent.actor.load_state_dict(state["actor"])
+        agent.critic.load_state_dict(state["critic"])
+        agent.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            agent.log_alpha.copy_(state["log_alpha"])
+        agent.num_updates = int(state["num_updates"])
+        if "optimizers" in state:
+            agent.actor_opt.load_state_dict(state["optimizers"]["actor"])
+            agent.critic_opt.load_state_dict(state["optimizers"]["critic"])
+            agent.alpha_opt.load_state_dict(state["optimizers"]["alpha"])
+        return agent
+
+    def save(self, path: str, extra: dict | None = None) -> None:
+        """Write config + weights (+ optimisers, + ``extra``) to ``path`` atomically."""
+        import os
+
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save({**self.state_dict(), **(extra or {})}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> tuple[SACAgent, dict]:
+        """The agent saved at ``path`` and the whole saved dict (for any ``extra`` entries)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return cls.from_state_dict(state), state
+
+
+class ReplayBuffer:
+    """Fixed-capacity transition storage in numpy; samples float32 torch batches."""
+
+    def __init__(self, obs_dim: int, action_dim: int, capacity: int, seed: int = 0) -> None:
+        self.obs = np.empty((capacity, obs_dim), np.float32)
+        self.next_obs = np.empty((capacity, obs_dim), np.float32)
+        self.actions = np.empty((capacity, action_dim), np.float32)
+        self.rewards = np.empty((capacity, 1), np.float32)
+        self.not_dones = np.empty((capacity, 1), np.float32)
+        self.capacity, self.size, self.pos = capacity, 0, 0
+        self.rng = np.random.default_rng(seed)
+
+    def add_batch(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+                  not_done: np.ndarray) -> None:
+        """Append n transitions (ring buffer: the oldest are overwritten once full)."""
+        for i in range(len(obs)):
+            j = self.pos
+            self.obs[j], self.actions[j], self.rewards[j, 0] = obs[i], action[i], reward[i]
+            self.next_obs[j], self.not_dones[j, 0] = next_obs[i], not_done[i]
+            self.pos = (self.pos + 1) % self.capacity
+            self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
+        idx = self.rng.integers(0, self.size, batch_size)
+        return tuple(torch.from_numpy(a[idx]) for a in (self.obs, self.actions, self.rewards, self.next_obs,
+                                                        self.not_dones))
