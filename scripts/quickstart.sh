@@ -14,6 +14,7 @@ DATA="$OUT/data"
 TASKS=configs/pretrain_configs/multipretrain_source_test.json
 SMALL=(--obs_type state --model.n_layer 2 --model.n_head 2 --model.n_embd 64 --context_length 20
        --data.batch_size 64 --data.num_workers 0)
+rm -rf "$OUT/pretrain" "$OUT"/finetune_*  # checkpoints of an earlier run would mix with this one's
 start=$(date +%s)
 echo "[quickstart] small CPU setting: state observations, 2-layer 64-wide model, K=20, random-policy data"
 

@@ -89,6 +89,14 @@ def test_resume_continues_where_it_stopped(collected_dir, tmp_path):
     assert any(f.startswith("best-epoch01") for f in os.listdir(tmp_path / "checkpoints"))
 
 
+def test_rerun_into_the_same_folder_overwrites_last_ckpt(collected_dir, tmp_path):
+    run_in_process(dmc_pretrain.main, pretrain_args(collected_dir, tmp_path, epochs=1))
+    run_in_process(dmc_pretrain.main, pretrain_args(collected_dir, tmp_path, epochs=2))
+    files = os.listdir(tmp_path / "checkpoints")
+    assert "last.ckpt" in files and not any("-v1" in f for f in files)
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+
+
 def test_config_yaml_reproduces_the_run(collected_dir, tmp_path):
     run_in_process(dmc_pretrain.main, pretrain_args(collected_dir, tmp_path / "a"))
     run_in_process(dmc_pretrain.main, ["--config", str(tmp_path / "a" / "config.yaml"),

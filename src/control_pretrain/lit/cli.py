@@ -76,8 +76,11 @@ class ControlCLI(LightningCLI):
             kwargs["logger"] = TensorBoardLogger(root, name="tb_logs")
         if trainer_cfg.get("enable_checkpointing", True) is not False:
             metric, mode = self.model.checkpoint_monitor
+            # enable_version_counter=False: a rerun into the same folder overwrites last.ckpt instead of writing
+            # last-v1.ckpt next to a stale last.ckpt that later commands would pick up.
             best = ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), monitor=metric, mode=mode,
                                    save_top_k=2, save_last=True, auto_insert_metric_name=False,
+                                   enable_version_counter=False,
                                    filename="best-epoch{epoch:02d}-" + metric.replace("/", "_") + "{" + metric + ":.4f}")
             self.trainer_defaults["callbacks"] = [best, LearningRateMonitor("step"), ThroughputMonitor()]
         return super().instantiate_trainer(**kwargs)
