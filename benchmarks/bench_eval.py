@@ -63,6 +63,34 @@ def env_only(seeds, steps):
     return n / (time.perf_counter() - start)
 
 
+def call_ms(policy, batch_size: int, reps: int) -> float:
+    """Median milliseconds of one model call on a full window (T = K)."""
+    batch = {"observations": torch.randn(batch_size, K, 17), "actions": torch.randn(batch_size, K - 1, 6),
+             "timesteps": torch.arange(K).expand(batch_size, K)}
+    times = []
+    with torch.inference_mode():
+        policy(batch)
+        for _ in range(reps):
+            t = time.perf_counter()
+            policy(batch)
+            times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+def wait_for_other_benchmarks(max_wait_s: float = 600.0, poll_s: float = 15.0) -> str:
+    """Wait (up to ``max_wait_s``) while another benchmark script runs, so neither distorts the other."""
+    waited = 0.0
+    while True:
+        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False).stdout
+        others = [ln for ln in ps.splitlines()[1:] if "bench" in ln and "bench_eval" not in ln and "grep" not in ln]
+        if not others or waited >= max_wait_s:
+            return (f"waited {waited:.0f} s for other benchmarks" if waited else "no other benchmark running") + (
+                f"; still running: {others[0].split(None, 1)[1][:60]}" if others else "")
+        print(f"another benchmark is running ({others[0].split(None, 1)[1][:60]}); waiting", file=sys.stderr)
+        time.sleep(poll_s)
+        waited += poll_s
+
+
 def machine() -> str:
     try:
         lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
@@ -102,6 +130,7 @@ def main() -> None:
 
     policy, n_params = build_policy()
     seeds = list(range(1000, 1000 + args.episodes))
+    waited = wait_for_other_benchmarks()
     load0 = os.getloadavg()[0]
     rows, best = [], {}
     ceiling = env_only(seeds, args.steps)
@@ -114,7 +143,8 @@ def main() -> None:
         b_rate, s_rate = batched.steps_per_sec, seq_steps / seq_wall
         best["batched"] = max(best.get("batched", 0.0), b_rate)
         best["sequential"] = max(best.get("sequential", 0.0), s_rate)
-        rows.append((threads, int(batched.lengths.sum()), batched.wall_time_s, b_rate, seq_steps, seq_wall, s_rate))
+        calls = (call_ms(policy, 1, 200), call_ms(policy, len(seeds), 20))
+        rows.append((threads, batched.wall_time_s, b_rate, seq_wall, s_rate, *calls))
         print(f"threads={threads}: batched {b_rate:,.0f} steps/s ({batched.wall_time_s:.1f} s), one at a time "
               f"{s_rate:,.0f} steps/s ({seq_wall:.1f} s), speed-up {b_rate / s_rate:.1f}x", file=sys.stderr)
     load1 = os.getloadavg()[0]
@@ -123,19 +153,20 @@ def main() -> None:
     lines = [
         SECTION, "",
         f"- Date: {datetime.date.today().isoformat()}",
-        f"- Machine: {machine()}; load average {load0:.2f} before, {load1:.2f} after; CPU only",
+        f"- Machine: {machine()}; CPU only; load average {load0:.2f} before, {load1:.2f} after ({waited})",
         f"- Command: `python benchmarks/bench_eval.py {' '.join(sys.argv[1:])}`",
         (f"- Setup: cheetah-run, state observations, {args.episodes} episodes, {steps_note}, control transformer "
          f"4 layers x 128, K={K} ({n_params / 1e6:.2f}M params, random init, eval mode), BC head, float32."),
         ("- Steps/s = agent steps of all episodes / wall time from the resets to the end (env steps with action "
-         "repeat 4 and model calls included)."),
+         "repeat 4 and model calls included). Model call = median time of one call on a full K-step window."),
         "",
-        ("| torch threads | batched steps | batched wall s | batched steps/s | one-at-a-time steps | "
-         "one-at-a-time wall s | one-at-a-time steps/s | speed-up |"),
+        ("| torch threads | batched wall s | batched steps/s | one-at-a-time wall s | one-at-a-time steps/s | "
+         f"speed-up | model call, batch 1 | model call, batch {args.episodes} |"),
         "|---|---|---|---|---|---|---|---|",
     ]
-    for t, bs, bw, br, ss, sw, sr in rows:
-        lines.append(f"| {t} | {bs:,} | {bw:.1f} | {br:,.0f} | {ss:,} | {sw:.1f} | {sr:,.0f} | {br / sr:.1f}x |")
+    for t, bw, br, sw, sr, c1, cn in rows:
+        lines.append(f"| {t} | {bw:.1f} | {br:,.0f} | {sw:.1f} | {sr:,.0f} | {br / sr:.1f}x | {c1:.2f} ms "
+                     f"| {cn:.1f} ms |")
     lines += [
         "",
         (f"- Best of each mode: batched {best['batched']:,.0f} steps/s vs one at a time {best['sequential']:,.0f} "
