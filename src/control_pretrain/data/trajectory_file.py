@@ -14,7 +14,7 @@ import numpy as np
 from . import storage
 from .episodes import EpisodeIndex
 from .errors import DatasetError
-from .schema import open_h5, read_attrs, validate
+from .schema import open_h5, validate
 
 
 class PixelReader:
@@ -105,8 +105,3 @@ class TrajectoryFile:
 
     def episode_returns(self) -> np.ndarray:
         return self.index.episode_sums(self.rewards)
-
-
-def read_attrs_of(path: str) -> dict:
-    with open_h5(path) as h5:
-        return read_attrs(h5)
