@@ -18,9 +18,20 @@ objectives (forward dynamics, inverse dynamics, RMHC) + backward + AdamW step + 
 5. losses: a short state pretraining run (small model, K=30, batch 64) on the test task set; plots the losses to
    docs/img/pretrain_losses.png and evaluates RMHC at fixed mask sizes on the validation set per epoch.
 
-Timings are medians of >= 3 repetitions. Scratch files: benchmarks/_work/ (git-ignored). Needs matplotlib for
-the plot (benchmark-only, not a package dependency): ``pip install matplotlib``. ``--out`` replaces (or appends)
-the section "## Pretraining (issue 2/7)" of the markdown file, creating it with a header if needed.
+Timings are medians of >= 3 repetitions (5 for the interleaved comparisons 2 and 3). Every timed subprocess first
+waits (up to 90 s) for other processes to use < 0.3 cores and is repeated once if they used > 0.5 cores while it
+ran; the tables report that background load. Two torch threads on two shared cores slow down several-fold when
+anything else runs, so numbers taken next to other work are not comparable.
+
+Duration on a quiet machine: ~20 min (throughput ~3, passes ~2, lightning ~2, datawait ~6, losses ~6); longer
+under load (gating, repeats). ``--quick``: a ~5 min smoke run with separate, smaller data. ``--sections`` runs a
+subset; ``--reuse-losses`` re-evaluates and re-plots the last losses run without training again.
+
+Scratch files: benchmarks/_work/ (git-ignored; collected data is reused when present). Needs matplotlib for the
+plot (benchmark-only, deliberately not in setup.py: ``pip install matplotlib``). ``--out`` replaces (or appends)
+the section "## Pretraining (issue 2/7)" of the markdown file, creating it with a header if needed; subsections
+not run this time are taken from the previous run's cache (benchmarks/_work/sections.json), and a hand-written
+``### Findings`` subsection is kept.
 """
 
 from __future__ import annotations
@@ -534,6 +545,7 @@ def section_datawait(quick: bool) -> tuple[str, dict]:
             res, cmd = run_cli(args, out)
             wall, peak, bg = res["wall"], res["peak_rss_mb"], load_cell(res)
             tags = tb_scalars(out)
+            shutil.rmtree(out, ignore_errors=True)  # checkpoints of the paper config are ~100 MB each
             sps = [v for _, v in tags.get("train/samples_per_sec", [])]
             wait = [v for _, v in tags.get("train/data_wait_frac", [])]
             runs[f"{obs_type}_{size}_w{workers}"] = {"samples_per_sec": sps, "data_wait_frac": wait, "wall": wall,
@@ -670,15 +682,19 @@ def section_losses(quick: bool, reuse: bool = False) -> tuple[str, dict]:
         with open(meta_path) as f:
             meta = json.load(f)
     else:
+        started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
         res, cmd = run_cli(args, out, timed=False)  # only the losses matter here: no quiet gate, no repeats
-        meta = {"cmd": cmd, "wall": res["wall"], "background_cores": res["background_cores"]}
+        meta = {"cmd": cmd, "wall": res["wall"], "background_cores": res["background_cores"], "started": started}
         with open(meta_path, "w") as f:
             json.dump(meta, f)
     cmd, wall = meta["cmd"], meta["wall"]
+    reused = f"the training run started {meta.get('started', '?')} and is reused here (`--reuse-losses`); " if (
+        reuse and "started" in meta) else ""
     tags = tb_scalars(out)
     mask_sizes = [3, 15, 30] if quick else [6, 15, 30]
     fixed = fixed_mask_eval(out, curve_dir, steps, mask_sizes, 8 if quick else 20)
-    img = plot_losses(tags, os.path.join(IMG_DIR, "pretrain_losses.png"), fixed, mask_sizes)
+    img_path = os.path.join(WORK, "pretrain_losses_quick.png") if quick else os.path.join(IMG_DIR, "pretrain_losses.png")
+    img = plot_losses(tags, img_path, fixed, mask_sizes)
     print(f"[losses] run {wall:.0f} s, plot {img}", flush=True)
 
     rows = []
@@ -703,7 +719,7 @@ def section_losses(quick: bool, reuse: bool = False) -> tuple[str, dict]:
               f"{fixed[n]['forward']:.5f}"] for n in names]
     t3 = table(["checkpoint", *(f"val RMHC, {s} act / {min(K // 2, s)} obs masked" for s in mask_sizes),
                 "val inverse", "val forward (moving EMA target)"], rows3)
-    return t1 + "\n\n" + t2 + "\n\n" + t3, {"cmd": cmd, "background_cores": meta["background_cores"], "collect_cmd": cmd_c, "collect_s": t_c, "wall": wall,
+    return t1 + "\n\n" + t2 + "\n\n" + t3, {"cmd": cmd, "background_cores": meta["background_cores"], "reused": reused, "collect_cmd": cmd_c, "collect_s": t_c, "wall": wall,
                                              "img": img, "fixed": fixed, "steps_per_epoch": limit, "epochs": epochs}
 
 
@@ -761,10 +777,12 @@ def describe(name: str, raw) -> str:
                 + "\n".join(raw["example_cmd"]) + "\n```")
     if name == "losses":
         return ("Data and run:\n\n```\n" + raw["collect_cmd"] + "\n" + raw["cmd"] + "\n```\n\n"
-                f"({raw['epochs']} epochs x {raw['steps_per_epoch']} steps of 64 windows, cosine LR with warmup, "
+                f"({raw.get('reused', '')}{raw['epochs']} epochs x {raw['steps_per_epoch']} steps of 64 windows, "
+                "cosine LR with warmup, "
                 f"gradient clip 1.0, run wall time {raw['wall']:.0f} s with {raw['background_cores']:.2f} cores of "
                 "other load; `epoch_ckpt.yaml` only adds a "
-                "ModelCheckpoint per epoch.) Plot: `docs/img/pretrain_losses.png`. Tables: first vs last logged "
+                f"ModelCheckpoint per epoch.) Plot: `{os.path.relpath(raw['img'] or '-', ROOT)}`. Tables: first vs "
+                "last logged "
                 "value of each loss; validation per epoch with that epoch's curriculum mask sizes; and validation "
                 "RMHC at *fixed* mask sizes for the initial weights and each epoch's checkpoint (dropout off, the "
                 "same seeded masks for every checkpoint, first 20 validation batches).")
@@ -819,6 +837,7 @@ def main() -> None:
     print(f"[bench_pretrain] sgemm 2048^2: {gflops:.0f} GFLOP/s; {load_before}", flush=True)
     command = "python benchmarks/bench_pretrain.py" + (" --quick" if args.quick else "") + (
         f" --sections {args.sections}" if args.sections != p.get_default("sections") else "") + (
+        " --reuse-losses" if args.reuse_losses else "") + (" --no-wait" if args.no_wait else "") + (
         f" --out {args.out}" if args.out else "")
     # Rendered subsections are cached, so a run of some sections keeps the others' latest results in the doc.
     cache_path = os.path.join(WORK, "sections_quick.json" if args.quick else "sections.json")
