@@ -138,7 +138,9 @@ class DownstreamDataModule(LightningDataModule):
                 "train_return_min": float(returns.min()), "train_return_max": float(returns.max())}
 
     def train_dataloader(self) -> DataLoader:
-        return window_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
+        return window_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=True,
+                             trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader:
-        return window_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=False)
+        return window_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=False,
+                             trainer=self.trainer)

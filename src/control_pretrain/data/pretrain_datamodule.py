@@ -163,12 +163,14 @@ class MultiTaskDataModule(LightningDataModule):
         self.train_set = self._dataset(files, self.train_paths, train_eps, cache)
 
     def train_dataloader(self) -> DataLoader:
-        return window_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=True)
+        return window_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=True,
+                             trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return window_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=False)
+        return window_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=False,
+                             trainer=self.trainer)
 
     def state_dict(self) -> dict:
         """Stored in checkpoints so finetuning knows which slot belongs to which domain."""

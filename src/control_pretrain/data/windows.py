@@ -12,12 +12,13 @@ so losses can ignore the padding.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .episodes import EpisodeIndex
 from .errors import DatasetError
@@ -55,10 +56,50 @@ def passthrough_collate(batch):
     return batch
 
 
-def window_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+class ShardedSampler(Sampler[int]):
+    """Each rank's share of one epoch's window order: disjoint across ranks, the same on every run.
+
+    The order is a permutation seeded by ``(seed, epoch)`` (``set_epoch``, which Lightning calls every epoch), or
+    ``0..n-1`` without shuffling; rank r of w takes every w-th index from position r. Training drops the last
+    ``n mod w`` indices so every rank runs the same number of steps (DDP needs it); validation keeps every index,
+    so shares differ by at most one window and no window is counted twice. torch's ``DistributedSampler``, which
+    Lightning would otherwise swap in, pads the last shares with repeated windows instead.
+    """
+
+    def __init__(self, num_windows: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.num_windows, self.shuffle, self.seed = num_windows, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        n = self.num_windows
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(n)
+            order = order[: n - n % self.world_size]
+        else:
+            order = np.arange(n)
+        return iter(order[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        n = self.num_windows
+        if self.shuffle:
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+
+def window_loader(dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool, trainer=None) -> DataLoader:
     """Training loaders shuffle and drop the last partial batch; validation loaders keep every window in order.
-    Under DDP, Lightning swaps in a DistributedSampler that gives each rank its own share."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=num_workers,
+    Under DDP each rank reads its own ``ShardedSampler`` share (rank and world size from ``trainer``), seeded by
+    ``--seed_everything``; the CLIs turn Lightning's own sampler replacement off (``use_distributed_sampler``)."""
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+    sampler = ShardedSampler(len(dataset), shuffle, seed, rank, world)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle, num_workers=num_workers,
                       collate_fn=passthrough_collate, persistent_workers=num_workers > 0)
 
 

@@ -27,7 +27,7 @@ def final_report(module, trainer, output_dir: str) -> dict:
     ckpt_cb = trainer.checkpoint_callback
     last_path = ckpt_cb.last_model_path if ckpt_cb is not None else None
     last = _entry(module, last_path or None)
-    if hp.video:
+    if hp.video and trainer.is_global_zero:
         write_video(module, os.path.join(output_dir, "videos", "eval_episode0.mp4"))
     report = {"domain": hp.domain, "task": hp.task, "model_type": hp.model_type,
               "pretrained_from": hp.load_model_from, "target_return": module.target_return, **last,

@@ -8,7 +8,8 @@ from lightning.pytorch import Callback
 
 
 class ThroughputMonitor(Callback):
-    """Logs ``train/samples_per_sec`` (windows per second on this rank) and ``train/data_wait_frac`` (the share of
+    """Logs ``train/samples_per_sec`` (windows per second over all ranks: rank 0's rate x world size, as DDP ranks
+    step in lockstep on equal batches) and ``train/data_wait_frac`` (the share of
     wall time between two steps spent waiting for the DataLoader), averaged over the Trainer's
     ``log_every_n_steps`` steps."""
 
@@ -36,7 +37,7 @@ class ThroughputMonitor(Callback):
             self._steps += 1
         self._last_end = now
         if self._steps >= self.window:
-            pl_module.log_dict({"train/samples_per_sec": self._samples / self._total,
+            pl_module.log_dict({"train/samples_per_sec": self._samples * trainer.world_size / self._total,
                                 "train/data_wait_frac": self._wait / self._total}, on_step=True, on_epoch=False)
             self._wait = self._total = 0.0
             self._samples = self._steps = 0

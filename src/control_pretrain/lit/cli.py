@@ -129,7 +129,8 @@ def run_cli(module_class, datamodule_class, flags: dict[str, str], switches: dic
     try:
         cli_class = DownstreamCLI if downstream else ControlCLI
         cli = cli_class(module_class, datamodule_class, run=False, save_config_callback=None,
-                         trainer_defaults=trainer_defaults, seed_everything_default=123,
+                         trainer_defaults={"use_distributed_sampler": False, **trainer_defaults},  # data/windows.py
+                         seed_everything_default=123,
                          parser_kwargs={"description": description, "epilog": legacy_help({**COMMON_FLAGS, **flags})})
     except (DatasetError, EnvSpecError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -41,7 +41,7 @@ class ControlModule(LightningModule):
 
     def objective(self, name: str) -> Objective | None:
         key = f"{name}_objective"
-        return self.objectives[key] if key in self.objectives else None
+        return self.objectives[key] if key in self.objectives else None  # noqa: SIM401 (ModuleDict has no get)
 
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cache: dict = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from ..envs.dmc import make_env
@@ -131,6 +132,7 @@ class DownstreamModule(ControlModule):
         if load_model_from:
             exclude = ["objectives."] + (["model.action_encoder."] if no_load_action else [])
             self.loaded, self.reinitialised = load_weights(self, load_model_from, exclude, self.model.to_config())
+        self.model.mask_token.requires_grad_(False)  # finetuning masks nothing; DDP rejects unused parameters
         if freeze_encoder:
             self.model.obs_encoder.requires_grad_(False)
 
@@ -171,17 +173,40 @@ class DownstreamModule(ControlModule):
         return target_return_for(hp.domain, hp.task, hp.target_return) if hp.model_type != "naive" else None
 
     def rollouts(self, seeds: list[int], record_video: bool = False) -> EpisodeResults:
+        """One episode per seed. Under DDP every rank runs every world_size-th seed and all ranks get every result
+        back in seed order, so checkpoint selection sees the same numbers everywhere (``record_video``: local)."""
         hp = self.hparams
+        trainer = self._trainer
+        world = 1 if record_video or trainer is None else trainer.world_size
+        share = seeds[trainer.global_rank :: world] if world > 1 else seeds
         was_training = self.training
         self.eval()
         try:
-            return evaluate(
+            res = evaluate(
                 lambda batch: self.policy.predict_actions(self.model, self.prepare(batch)),
                 lambda seed: make_env(hp.domain, hp.task, seed=seed, **self.env_kwargs),
-                seeds, hp.context_length, hp.obs_type, self.target_return, self.device, record_video=record_video,
+                share, hp.context_length, hp.obs_type, self.target_return, self.device, record_video=record_video,
             )
         finally:
             self.train(was_training)
+        if world == 1:
+            return res
+        log.info("rank %d ran %d of %d evaluation episodes", trainer.global_rank, len(share), len(seeds))
+        return self._gather(res, seeds)
+
+    def _gather(self, res: EpisodeResults, seeds: list[int]) -> EpisodeResults:
+        """Every rank's (return, length, wall time) rows, back in the order of ``seeds``."""
+        world, n = self.trainer.world_size, len(seeds)
+        local = torch.full((-(-n // world), 3), float("nan"), dtype=torch.float64)
+        local[: len(res.returns), 0] = torch.from_numpy(res.returns.astype(np.float64))
+        local[: len(res.returns), 1] = torch.from_numpy(res.lengths.astype(np.float64))
+        local[:, 2] = res.wall_time_s
+        rows = self.all_gather(local.to(self.device)).cpu()  # (world, per_rank, 3); rank r held seeds[r::world]
+        ordered = rows.transpose(0, 1).reshape(-1, 3)[:n].numpy()  # row j*world + r is seeds[r + j*world]
+        wall = float(np.nanmax(rows[..., 2].numpy()))
+        lengths = ordered[:, 1].astype(np.int64)
+        return EpisodeResults(returns=ordered[:, 0], lengths=lengths, seeds=list(seeds),
+                              steps_per_sec=float(lengths.sum() / wall) if wall > 0 else 0.0, wall_time_s=wall)
 
     def selection_seeds(self) -> list[int]:
         return list(range(self.hparams.eval_seed, self.hparams.eval_seed + self.hparams.eval_episodes))
@@ -195,7 +220,7 @@ class DownstreamModule(ControlModule):
         res = self.rollouts(self.selection_seeds())
         stats = summarize(res.returns)
         self.log_dict({"eval/return_mean": stats["mean"], "eval/return_std": stats["std"],
-                       "eval/return_iqm": stats["iqm"], "eval/steps_per_sec": res.steps_per_sec}, prog_bar=False)
+                       "eval/return_iqm": stats["iqm"], "eval/steps_per_sec": res.steps_per_sec}, prog_bar=False, sync_dist=True)
 
     def train(self, mode: bool = True):
         super().train(mode)

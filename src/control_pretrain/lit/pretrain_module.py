@@ -104,6 +104,8 @@ class PretrainModule(ControlModule):
         if masked_hindsight_weight > 0:
             rmhc = MaskedHindsightControlConfig(max(mask_actions, 1), max(mask_obs, 0), original_read_positions)
             self.add_objective(MaskedHindsightControlObjective(n_embd, action_dim, rmhc), masked_hindsight_weight)
+        else:
+            self.model.mask_token.requires_grad_(False)  # unused without masking; DDP rejects unused parameters
         if not self.objectives:
             raise ValueError("every objective weight is 0: nothing to train")
         if init_from:
