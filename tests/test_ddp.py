@@ -146,3 +146,33 @@ def test_sharded_sampler_shares(n):
     assert list(train[0]) != shares[0]
     val = [list(ShardedSampler(n, False, rank=r, world_size=3)) for r in range(3)]
     assert sorted(i for share in val for i in share) == list(range(n))  # every validation window once, none repeated
+
+
+def test_two_nodes_started_by_a_cluster_launcher(collected_dir, tmp_path):
+    """``--trainer.num_nodes 2`` as a cluster (torchrun, SLURM, AzureML) runs it: each node's process is started
+    from outside with the torch.distributed variables, and Lightning spawns nothing. Here both "nodes" are local
+    processes; a real multi-node cluster cannot run in CI."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    probe = [{"class_path": "ddp_probe.RecordWindows", "init_args": {"out_dir": str(tmp_path / "probe")}}]
+    args = [sys.executable, "src/dmc_pretrain.py", "--multi_config", "configs/pretrain_configs/multipretrain_source_test.json",
+            "--train_replay_id", "1", "--num_steps", "1000", "--data_dir_prefix", str(collected_dir), "--obs_type",
+            "state", "--output_dir", str(tmp_path), "--epochs", "1", "--data.batch_size", "15", "--trainer.devices",
+            "1", "--trainer.num_nodes", "2", "--trainer.strategy", "ddp", "--trainer.callbacks", json.dumps(probe),
+            *TINY]
+    procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={
+        **os.environ, **ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+        "NODE_RANK": str(node), "LOCAL_RANK": "0", "RANK": str(node)}) for node in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert_ranks_split_the_epoch(ranks, 0)
+    assert ranks[0]["target"] == ranks[1]["target"]
+    files = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert len(files) == 2 and files[0].startswith("best-epoch00") and files[1] == "last.ckpt"
