@@ -76,7 +76,7 @@ def run(preset: str, prefix: str, devices: int, threads: int, accelerator: str) 
            "--trainer.limit_train_batches", str(steps), "--trainer.limit_val_batches", "0",
            "--trainer.log_every_n_steps", "10", "--trainer.accelerator", accelerator,
            "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
-           "--trainer.enable_checkpointing", "true", "--quiet"]
+           "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     util = None
     if accelerator == "gpu":

@@ -74,15 +74,18 @@ class ControlCLI(LightningCLI):
         os.makedirs(root, exist_ok=True)
         if trainer_cfg.get("logger") is None:
             kwargs["logger"] = TensorBoardLogger(root, name="tb_logs")
+        callbacks = [ThroughputMonitor()]
+        if trainer_cfg.get("logger") is not False:
+            callbacks.append(LearningRateMonitor("step"))
         if trainer_cfg.get("enable_checkpointing", True) is not False:
             metric, mode = self.model.checkpoint_monitor
             # enable_version_counter=False: a rerun into the same folder overwrites last.ckpt instead of writing
             # last-v1.ckpt next to a stale last.ckpt that later commands would pick up.
-            best = ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), monitor=metric, mode=mode,
-                                   save_top_k=2, save_last=True, auto_insert_metric_name=False,
-                                   enable_version_counter=False,
-                                   filename="best-epoch{epoch:02d}-" + metric.replace("/", "_") + "{" + metric + ":.4f}")
-            self.trainer_defaults["callbacks"] = [best, LearningRateMonitor("step"), ThroughputMonitor()]
+            callbacks.append(ModelCheckpoint(
+                dirpath=os.path.join(root, "checkpoints"), monitor=metric, mode=mode, save_top_k=2, save_last=True,
+                auto_insert_metric_name=False, enable_version_counter=False,
+                filename="best-epoch{epoch:02d}-" + metric.replace("/", "_") + "{" + metric + ":.4f}"))
+        self.trainer_defaults["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def save_resolved_config(self) -> str:
