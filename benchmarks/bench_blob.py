@@ -24,7 +24,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -35,6 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from _report import write_section  # benchmarks/_report.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -202,16 +202,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        old = "# Benchmarks\n"
-        if os.path.exists(args.out):  # re-read just before writing: others append their sections too
-            with open(args.out) as f:
-                old = f.read()
-        pattern = re.compile(re.escape(SECTION) + r"\n.*?(?=\n## |\Z)", re.DOTALL)
-        new = pattern.sub(lambda _: text.rstrip("\n") + "\n", old) if pattern.search(old) else \
-            old.rstrip("\n") + "\n\n" + text
-        with open(args.out, "w") as f:
-            f.write(new)
-
+        write_section(args.out, SECTION, text)
 
 if __name__ == "__main__":
     main()

@@ -36,6 +36,7 @@ import sys
 import time
 
 import numpy as np
+from _report import write_section  # benchmarks/_report.py
 
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "bench_data")  # removed at the end
 DOMAINS = [("walker", "walk"), ("cheetah", "run"), ("hopper", "hop"), ("cartpole", "swingup"),
@@ -352,29 +353,7 @@ def machine():
             f"{ram:.0f} GiB RAM")
 
 
-HEADER = """# Benchmarks
 
-Benchmarks are run **by hand** (never in CI or as timed unit tests) and each section records the date, the
-machine and the exact command. CPU numbers on the shared 2-core build machines are noisy (±20% idle, 2-4x
-slower under contention, platform.md): compare **ratios measured within one run**, not absolute numbers across
-sections or runs.
-"""
-
-
-def write_section(out, body):
-    text = HEADER
-    if os.path.exists(out):
-        with open(out) as f:
-            text = f.read()
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
 
 
 def main():
@@ -412,7 +391,7 @@ def main():
             f"- 1-min load average at start / end: {load0:.2f} / {os.getloadavg()[0]:.2f}\n")
     body = head + "\n" + "\n".join(parts)
     if args.out:
-        write_section(args.out, body)
+        write_section(args.out, SECTION, body)
         print(f"wrote {args.out}")
 
 

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 
+from _report import write_section  # benchmarks/_report.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 WORK = os.path.join(ROOT, "benchmarks", "_work", "ddp")
@@ -122,20 +124,6 @@ def report(preset: str, results: list[dict], flops: float, peak_tflops: float | 
     return "\n".join(lines) + "\n"
 
 
-def write_section(out: str, body: str) -> None:
-    text = "# Benchmarks\n"
-    if os.path.exists(out):
-        with open(out) as f:
-            text = f.read()
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
-    with open(out, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -169,7 +157,7 @@ def main() -> None:
     with open(os.path.join(WORK, "bench_ddp.json"), "w") as f:
         json.dump({"flops_per_sample": flops, "results": results}, f, indent=2)
     if args.out:
-        write_section(args.out, body)
+        write_section(args.out, SECTION, body)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import time
 
 import numpy as np
 import torch
+from _report import write_section  # benchmarks/_report.py
 
 SECTION = "## Evaluation (issue 3/7)"
-HEADER = "# Benchmarks\n"
 K = 30
 
 
@@ -101,22 +101,6 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
-def write_section(out: str, body: str) -> None:
-    """Re-read the file just before writing; replace only our section, or append it at the end."""
-    text = HEADER
-    if os.path.exists(out):
-        with open(out) as f:
-            text = f.read()
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -177,7 +161,7 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if args.out:
-        write_section(args.out, body)
+        write_section(args.out, SECTION, body)
 
 
 if __name__ == "__main__":

@@ -50,17 +50,12 @@ import subprocess
 import sys
 import time
 
+from _report import write_section  # benchmarks/_report.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(ROOT, "benchmarks", "_work")
 IMG_DIR = os.path.join(ROOT, "docs", "img")
 SECTION = "## Pretraining (issue 2/7)"
-HEADER = """# Benchmarks
-
-Benchmarks are run **by hand** (never in CI or as timed unit tests) and each section records the date, the
-machine and the exact command. CPU numbers on the shared 2-core build machines are noisy (±20% idle, 2-4x
-slower under contention, platform.md): compare **ratios measured within one run**, not absolute numbers across
-sections or runs.
-"""
 K, BATCH, THREADS, REPS = 30, 32, 2, 3
 STATE_OBS_DIM, ACTION_DIM = 24, 17
 SIZES = {"tiny": (2, 64, 2), "small": (4, 128, 4), "paper": (8, 256, 8)}  # n_layer, n_embd, n_head
@@ -789,26 +784,6 @@ def describe(name: str, raw) -> str:
     return ""
 
 
-def write_section(out: str, body: str) -> None:
-    text = HEADER
-    if os.path.exists(out):
-        with open(out) as f:
-            text = f.read()
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        old = text[start:nxt if nxt >= 0 else len(text)]
-        findings = re.search(r"\n### Findings.*?(?=\n### |\Z)", old, re.DOTALL)
-        if findings:  # hand-written: keep it, right after the section's introduction
-            first = body.find("\n### ")
-            body = body[:first] + findings.group(0).rstrip("\n") + "\n" + body[first:]
-        text = text[:start] + body + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -879,7 +854,7 @@ def main() -> None:
     text = "\n".join(body)
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, SECTION, text)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ import sys
 import time
 
 import numpy as np
+from _report import write_section  # benchmarks/_report.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -241,19 +241,6 @@ def report(upd: dict, speed: dict, curves: dict | None, plotted: bool, before: s
     return "\n".join(lines)
 
 
-def write_section(path: str, text: str) -> None:
-    existing = "# Benchmarks\n"
-    if os.path.exists(path):
-        with open(path) as f:
-            existing = f.read()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(existing):
-        new = pattern.sub(lambda _: text.rstrip() + "\n\n", existing)
-    else:
-        new = existing.rstrip() + "\n\n" + text.rstrip() + "\n"
-    with open(path, "w") as f:
-        f.write(new)
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,7 +260,7 @@ def main() -> None:
     text = report(upd, speed, curves, plotted, before, after, args)
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, SECTION, text)
 
 
 if __name__ == "__main__":
