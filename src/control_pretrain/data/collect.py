@@ -113,17 +113,26 @@ def collect_random(job: CollectJob, progress: Callable[[int], None] | None = Non
     """Uniformly random actions until at least ``num_steps`` steps, in whole episodes."""
     if os.path.exists(job.path) and not job.overwrite:
         raise DatasetError(f"{job.path} already exists; pass --overwrite to replace it, or pick another --replay_id.")
-    env = make_env(job.domain, job.task, seed=job.run_seed, action_repeat=job.action_repeat, pixels=job.pixels,
-                   height=job.height, width=job.width, camera_id=job.camera_id, fast_render=job.fast_render)
+    env = job_env(job)
     rng = np.random.default_rng(job.run_seed)
 
     def act(_obs: np.ndarray) -> np.ndarray:
         return rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
 
+    return record_to_file(job, env, act, file_attrs(job, env), progress)
+
+
+def job_env(job: CollectJob) -> DMCEnv:
+    """The environment a job records in, seeded by its run seed."""
+    return make_env(job.domain, job.task, seed=job.run_seed, action_repeat=job.action_repeat, pixels=job.pixels,
+                    height=job.height, width=job.width, camera_id=job.camera_id, fast_render=job.fast_render)
+
+
+def record_to_file(job: CollectJob, env: DMCEnv, act, attrs: dict, progress) -> str:
+    """Whole episodes of ``act`` in ``env`` until the job's step count, written to ``job.path``; closes ``env``."""
     pixel_shape = (3, job.height, job.width) if job.pixels else None
     try:
-        with TrajectoryWriter(job.path, file_attrs(job, env), env.obs_dim, env.action_dim, env.state_dim,
-                              pixel_shape) as writer:
+        with TrajectoryWriter(job.path, attrs, env.obs_dim, env.action_dim, env.state_dim, pixel_shape) as writer:
             while writer.num_steps < job.num_steps:
                 episode = record_episode(env, act, job.pixels)
                 writer.append_episode(episode)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..envs.dmc import DMCEnv, make_env
-from .collect import COLLECTORS, CollectJob, _interrupt, file_attrs, record_episode
+from .collect import COLLECTORS, CollectJob, _interrupt, file_attrs, job_env, record_episode, record_to_file
 from .errors import DatasetError
 from .writer import TrajectoryWriter, partial_path
 
@@ -256,8 +256,7 @@ def _collect_sac(job: CollectJob, progress: Callable[[int], None] | None) -> str
         for stale in (partial, state_file(job)):
             if os.path.exists(stale):
                 os.remove(stale)
-    env = make_env(job.domain, job.task, seed=job.run_seed, action_repeat=job.action_repeat, pixels=job.pixels,
-                   height=job.height, width=job.width, camera_id=job.camera_id, fast_render=job.fast_render)
+    env = job_env(job)
     eval_env = make_env(job.domain, job.task, seed=job.run_seed + 100_000, action_repeat=job.action_repeat)
     run = SACCollection(job, env)
     attrs = {**file_attrs(job, env), "sac_config": json.dumps(run.cfg.__dict__)}
@@ -332,8 +331,7 @@ def collect_checkpoint(job: CollectJob, progress: Callable[[int], None] | None =
     if os.path.exists(job.path) and not job.overwrite:
         raise DatasetError(f"{job.path} already exists; pass --overwrite to replace it, or pick another --replay_id.")
     agent, saved = SACAgent.load(job.agent_path)
-    env = make_env(job.domain, job.task, seed=job.run_seed, action_repeat=job.action_repeat, pixels=job.pixels,
-                   height=job.height, width=job.width, camera_id=job.camera_id, fast_render=job.fast_render)
+    env = job_env(job)
     if (agent.obs_dim, agent.action_dim) != (env.obs_dim, env.action_dim):
         env.close()
         raise DatasetError(f"{job.agent_path}: the agent takes obs {agent.obs_dim} / actions {agent.action_dim}, "
@@ -351,17 +349,7 @@ def collect_checkpoint(job: CollectJob, progress: Callable[[int], None] | None =
         return np.clip(action, -1.0, 1.0)
 
     attrs = {**file_attrs(job, env), "agent_path": os.path.abspath(job.agent_path), "action_noise": job.action_noise}
-    pixel_shape = (3, job.height, job.width) if job.pixels else None
-    try:
-        with TrajectoryWriter(job.path, attrs, env.obs_dim, env.action_dim, env.state_dim, pixel_shape) as writer:
-            while writer.num_steps < job.num_steps:
-                episode = record_episode(env, act, job.pixels)
-                writer.append_episode(episode)
-                if progress:
-                    progress(len(episode["actions"]))
-    finally:
-        env.close()
-    return job.path
+    return record_to_file(job, env, act, attrs, progress)
 
 
 COLLECTORS.update(sac=collect_sac, checkpoint=collect_checkpoint)
