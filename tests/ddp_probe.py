@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 
+import torch
 from lightning.pytorch import Callback
 
 
@@ -32,6 +33,8 @@ class RecordWindows(Callback):
         self.initial_target = fingerprint(pl_module.model.target_obs_encoder)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.windows:
+            self.rng = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
         self.windows.setdefault(trainer.current_epoch, []).extend(window_keys(batch))
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -44,6 +47,7 @@ class RecordWindows(Callback):
             "initial_target": self.initial_target,
             "target": fingerprint(pl_module.model.target_obs_encoder),
             "online": fingerprint(pl_module.model.obs_encoder),
+            "rng": self.rng,  # torch's RNG state at the first training step
         }
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:

@@ -70,6 +70,7 @@ def test_two_processes_split_every_epoch_sync_metrics_and_resume(collected_dir, 
     assert_ranks_split_the_epoch(first, 0)
     assert first[0]["target"] == first[1]["target"] != first[0]["initial_target"]  # EMA moved, the same everywhere
     assert first[0]["online"] == first[1]["online"]
+    assert first[0]["rng"] != first[1]["rng"]  # but each rank draws its own dropout and masks
     # Written once, by rank 0: no per-rank or versioned copies.
     files = sorted(os.listdir(tmp_path / "checkpoints"))
     assert len(files) == 2 and "last.ckpt" in files and files[0].startswith("best-epoch00")

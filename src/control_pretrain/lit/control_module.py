@@ -43,6 +43,12 @@ class ControlModule(LightningModule):
         key = f"{name}_objective"
         return self.objectives[key] if key in self.objectives else None  # noqa: SIM401 (ModuleDict has no get)
 
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # --seed_everything seeds every rank alike; offset it so ranks draw different dropout and RMHC masks
+            # for their different windows. The weights stay identical: DDP has broadcast rank 0's.
+            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cache: dict = {}
         outputs = {obj.name: obj(self.model, batch, cache) for obj in self.objectives.values()}
