@@ -128,4 +128,4 @@ class PretrainModule(ControlModule):
         rmhc.mask_obs = hp.mask_obs if hp.mask_obs >= 0 else auto_obs
         if self.trainer.training:
             self.log_dict({"train/mask_actions": float(rmhc.mask_actions), "train/mask_obs": float(rmhc.mask_obs)},
-                          on_step=False, on_epoch=True)
+                          on_step=False, on_epoch=True, sync_dist=True)  # the same on every rank
