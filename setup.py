@@ -33,6 +33,7 @@ setup(
     extras_require={
         # scripts/azureml_submit.py (docker/README.md); 1.25 is the oldest checked against today's marshmallow
         "azureml": ["azure-ai-ml>=1.25"],
+        "bench": ["matplotlib>=3.7"],  # plots of benchmarks/ and the study (docs/results.md)
         "test": [
             "pytest>=8",
             "ruff>=0.6",

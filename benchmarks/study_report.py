@@ -1,0 +1,264 @@
+"""Tables and plots of the pretraining study from its committed cell JSONs (benchmarks/study_pretraining.py).
+
+Only (task, seed) pairs for which every init (scratch and both pretrained) finished enter a comparison, so an
+unfinished study never compares different subsets. A run's score is its mean test return / 10.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+import study_stats as ss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INITS = ("scratch", "pretrained-random", "pretrained-sac")
+GROUP_SETS = {"unseen_task": ("unseen_task",), "unseen_domain": ("unseen_domain",),
+              "unseen (both)": ("unseen_task", "unseen_domain"), "seen": ("seen",)}
+COLORS = {"scratch": "#7f7f7f", "pretrained-random": "#1f77b4", "pretrained-sac": "#d62728"}
+N_BOOT = 5000
+
+
+def load_cells(results_dir: str) -> list[dict]:
+    cells = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "cells", "*.json"))):
+        with open(path) as f:
+            cells.append(json.load(f))
+    return cells
+
+
+def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[str, ...], which: str = "last"
+                   ) -> dict[str, dict[str, list[float]]]:
+    """{init: {task: [score per seed]}} over the (task, seed) pairs that every init finished."""
+    by_key: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+    for c in cells:
+        cell = c["cell"]
+        if cell["method"] != method or cell["episodes"] != episodes or cell["group"] not in groups:
+            continue
+        entry = c[which] if c.get(which) else c["last"]
+        by_key[(cell["task"], cell["seed"])][cell["init"]] = entry["mean"] / 10.0
+    out: dict[str, dict[str, list[float]]] = {i: defaultdict(list) for i in INITS}
+    for (task, _seed), per_init in sorted(by_key.items()):
+        if all(i in per_init for i in INITS):
+            for i in INITS:
+                out[i][task].append(per_init[i])
+    return {i: dict(v) for i, v in out.items()}
+
+
+def summarize_block(cells: list[dict], method: str, episodes: int) -> list[dict]:
+    rows = []
+    for label, groups in GROUP_SETS.items():
+        for which in ("last", "best"):
+            scores = matched_scores(cells, method, episodes, groups, which)
+            if not scores["scratch"]:
+                continue
+            for k, init in enumerate(INITS):
+                s = scores[init]
+                row = {"method": method, "episodes": episodes, "group": label, "checkpoint": which, "init": init,
+                       "tasks": len(s), "runs": int(sum(len(v) for v in s.values())),
+                       "iqm": ss.aggregate_iqm(s), "iqm_ci": ss.stratified_bootstrap_ci(s, n_boot=N_BOOT, seed=k),
+                       "mean": ss.aggregate_mean(s),
+                       "mean_ci": ss.stratified_bootstrap_ci(s, ss.aggregate_mean, n_boot=N_BOOT, seed=k)}
+                if init != "scratch":
+                    row["poi"] = ss.probability_of_improvement(s, scores["scratch"])
+                    row["poi_ci"] = ss.probability_of_improvement_ci(s, scores["scratch"], n_boot=N_BOOT, seed=k)
+                rows.append(row)
+    return rows
+
+
+def per_task_rows(cells: list[dict], method: str, episodes: int) -> list[dict]:
+    rows = []
+    groups = tuple(g for gs in GROUP_SETS.values() for g in gs)
+    scores = matched_scores(cells, method, episodes, groups)
+    best = matched_scores(cells, method, episodes, groups, "best")
+    demo = {}
+    for c in cells:
+        if c["cell"]["method"] == method and c["cell"]["episodes"] == episodes and c.get("data"):
+            demo.setdefault(c["cell"]["task"], []).append(c["data"]["train_return_mean"])
+    for task in sorted(scores["scratch"]):
+        row = {"task": task, "seeds": len(scores["scratch"][task]),
+               "data_return": float(np.mean(demo.get(task, [np.nan])))}
+        for init in INITS:
+            v = np.array(scores[init][task]) * 10
+            row[init] = (float(v.mean()), float(v.std()))
+            row[init + "/best"] = float(np.mean(best[init][task]) * 10)
+        rows.append(row)
+    return rows
+
+
+def blocks(cells: list[dict]) -> list[tuple[str, int]]:
+    found = {(c["cell"]["method"], c["cell"]["episodes"]) for c in cells}
+    order = [("bc", 10), ("rtg", 10), ("bc", 50), ("rtg", 50)]
+    return [b for b in order if b in found]
+
+
+def fmt_ci(x: float, ci) -> str:
+    return f"{x:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+
+
+def markdown(summary: dict) -> str:
+    lines = []
+    for block in summary["blocks"]:
+        method, episodes = block["method"], block["episodes"]
+        lines += [f"#### {method.upper()}, {episodes} episodes", "",
+                  ("| group | init | tasks × runs | IQM last [95% CI] | mean last | IQM best-ckpt [95% CI] | "
+                   "P(init > scratch) last [95% CI] |"), "|---|---|---|---|---|---|---|"]
+        rows = block["rows"]
+        for r in (r for r in rows if r["checkpoint"] == "last"):
+            b = next(x for x in rows if x["checkpoint"] == "best" and x["group"] == r["group"]
+                     and x["init"] == r["init"])
+            poi = "-"
+            if "poi" in r:
+                poi = f"{r['poi']:.2f} [{r['poi_ci'][0]:.2f}, {r['poi_ci'][1]:.2f}]"
+            lines.append(f"| {r['group']} | {r['init']} | {r['tasks']} × {r['runs'] // max(r['tasks'], 1)} | "
+                         f"{fmt_ci(r['iqm'], r['iqm_ci'])} | {r['mean']:.1f} | {fmt_ci(b['iqm'], b['iqm_ci'])} | "
+                         f"{poi} |")
+        lines += ["", (f"Per task (raw return, mean ± std over seeds, last checkpoint; best checkpoint in brackets; "
+                       f"data = mean return of the {episodes} training episodes):"), "",
+                  "| task | seeds | data | scratch | pretrained-random | pretrained-sac |", "|---|---|---|---|---|---|"]
+        for r in block["per_task"]:
+            cols = " | ".join(f"{r[i][0]:.0f} ± {r[i][1]:.0f} ({r[i + '/best']:.0f})" for i in INITS)
+            lines.append(f"| {r['task']} | {r['seeds']} | {r['data_return']:.0f} | {cols} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_iqm(summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bl = summary["blocks"]
+    fig, axes = plt.subplots(1, len(bl), figsize=(4.2 * len(bl), 3.6), squeeze=False, sharey=True)
+    for ax, block in zip(axes[0], bl):
+        rows = [r for r in block["rows"] if r["checkpoint"] == "last"]
+        groups = [g for g in GROUP_SETS if any(r["group"] == g for r in rows)]
+        for k, init in enumerate(INITS):
+            xs, ys, lo, hi = [], [], [], []
+            for j, g in enumerate(groups):
+                r = next(r for r in rows if r["group"] == g and r["init"] == init)
+                xs.append(j + (k - 1) * 0.25)
+                ys.append(r["iqm"])
+                lo.append(r["iqm"] - r["iqm_ci"][0])
+                hi.append(r["iqm_ci"][1] - r["iqm"])
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=4, color=COLORS[init], label=init)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([g.replace(" (both)", "\n(both)") for g in groups], fontsize=8)
+        ax.set_title(f"{block['method'].upper()}, {block['episodes']} episodes", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("IQM normalised score (return / 10)\n95% stratified bootstrap CI")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(cells: list[dict], method: str, episodes: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        cell = c["cell"]
+        if cell["method"] == method and cell["episodes"] == episodes and "eval/return_mean" in c["curves"]:
+            curves[cell["task"]][cell["init"]].append(c["curves"]["eval/return_mean"])
+    tasks = sorted(curves)
+    if not tasks:
+        return
+    cols = min(4, len(tasks))
+    rows = (len(tasks) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    for ax, task in zip(axes.ravel(), tasks):
+        for init in INITS:
+            runs = curves[task].get(init, [])
+            if not runs:
+                continue
+            steps = sorted({s for r in runs for s, _ in r})
+            table = np.full((len(runs), len(steps)), np.nan)
+            for i, r in enumerate(runs):
+                for s, v in r:
+                    table[i, steps.index(s)] = v
+            mean = np.nanmean(table, 0)
+            ax.plot(steps, mean, "-o", ms=3, color=COLORS[init], label=f"{init} ({len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(steps, np.nanmin(table, 0), np.nanmax(table, 0), color=COLORS[init], alpha=0.12)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("finetuning step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(tasks):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("eval/return_mean\n(selection seeds)", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{method.upper()}, {episodes} episodes: return during finetuning (mean over seeds, band = min-max)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_pretrain(results_dir: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {}
+    for kind in ("rand", "full"):
+        f = os.path.join(results_dir, f"pretrain_{kind}.json")
+        if os.path.exists(f):
+            with open(f) as fh:
+                runs[kind] = json.load(fh)["scalars"]
+    if not runs:
+        return
+    tags = ["forward_loss", "inverse_loss", "masked_hindsight_loss"]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.0))
+    for ax, tag in zip(axes, tags):
+        for kind, sc in runs.items():
+            color = COLORS["pretrained-random" if kind == "rand" else "pretrained-sac"]
+            if f"train/{tag}" in sc:
+                s, v = zip(*sc[f"train/{tag}"])
+                ax.plot(s, v, color=color, alpha=0.35, lw=0.8)
+            if f"val/{tag}" in sc:
+                s, v = zip(*sc[f"val/{tag}"])
+                ax.plot(s, v, "-o", color=color, ms=3, label=f"{'random' if kind == 'rand' else 'SAC'} data (val)")
+        ax.set_title(tag, fontsize=9)
+        ax.set_xlabel("pretraining step", fontsize=8)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(preset, data: dict) -> dict:
+    results_dir = os.path.join(ROOT, "benchmarks", "results", preset.name)
+    cells = load_cells(results_dir)
+    summary = {"preset": preset.name, "cells_done": len(cells), "data": data, "blocks": []}
+    for method, episodes in blocks(cells):
+        summary["blocks"].append({"method": method, "episodes": episodes,
+                                  "rows": summarize_block(cells, method, episodes),
+                                  "per_task": per_task_rows(cells, method, episodes)})
+    summary["wall_s_per_cell"] = {m: float(np.mean([c["wall_s"] for c in cells if c["cell"]["method"] == m]))
+                                  for m in {c["cell"]["method"] for c in cells}}
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(results_dir, "summary.md"), "w") as f:
+        f.write(markdown(summary))
+    img = os.path.join(ROOT, "docs", "img")
+    os.makedirs(img, exist_ok=True)
+    prefix = "study" if preset.name == "cpu" else f"study_{preset.name}"
+    if summary["blocks"]:
+        plot_iqm(summary, os.path.join(img, f"{prefix}_iqm.png"))
+    for method, episodes in blocks(cells):
+        plot_curves(cells, method, episodes, os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
+    plot_pretrain(results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))
+    print(markdown(summary))
+    return summary

@@ -1,0 +1,127 @@
+"""benchmarks/study_stats.py against brute-force versions of the same definitions on small random inputs."""
+
+import importlib.util
+import itertools
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "study_stats.py")
+_spec = importlib.util.spec_from_file_location("study_stats", _PATH)
+ss = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ss)
+
+
+def _random_scores(rng, tasks=4, runs=5, ties=False):
+    if ties:
+        return {f"t{i}": rng.integers(0, 4, runs).astype(float) for i in range(tasks)}
+    return {f"t{i}": rng.normal(i, 1.0, runs) for i in range(tasks)}
+
+
+@pytest.mark.parametrize("n", [4, 8, 12, 20, 40])
+def test_iqm_matches_trim_mean(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n)
+    assert ss.iqm(x) == pytest.approx(sps.trim_mean(x, 0.25))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 9, 13])
+def test_iqm_matches_definition_any_size(n):
+    x = np.random.default_rng(n).normal(size=n)
+    s = sorted(x)
+    k = n // 4
+    assert ss.iqm(x) == pytest.approx(np.mean(s[k : n - k]))
+    assert ss.iqm(x) == pytest.approx(sps.trim_mean(x, 0.25))
+
+
+def test_aggregate_iqm_pools_runs_and_tasks():
+    rng = np.random.default_rng(0)
+    scores = _random_scores(rng, tasks=3, runs=4)
+    flat = np.concatenate(list(scores.values()))
+    assert ss.aggregate_iqm(scores) == pytest.approx(sps.trim_mean(flat, 0.25))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_probability_of_improvement_matches_double_loop(ties):
+    rng = np.random.default_rng(1)
+    x = _random_scores(rng, tasks=3, runs=5, ties=ties)
+    y = _random_scores(rng, tasks=3, runs=4, ties=ties)
+    per_task = []
+    for t in x:
+        wins = 0.0
+        for a, b in itertools.product(x[t], y[t]):
+            wins += 1.0 if a > b else 0.5 if a == b else 0.0
+        per_task.append(wins / (len(x[t]) * len(y[t])))
+    assert ss.probability_of_improvement(x, y) == pytest.approx(np.mean(per_task))
+
+
+def test_probability_of_improvement_matches_mann_whitney():
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 5, 7).astype(float), rng.integers(0, 5, 6).astype(float)
+    u = sps.mannwhitneyu(x, y, alternative="two-sided").statistic
+    assert ss.pairwise_improvement(x, y) == pytest.approx(u / (len(x) * len(y)))
+
+
+def test_probability_of_improvement_symmetry():
+    rng = np.random.default_rng(3)
+    x, y = _random_scores(rng, ties=True), _random_scores(rng, ties=True)
+    assert ss.probability_of_improvement(x, y) + ss.probability_of_improvement(y, x) == pytest.approx(1.0)
+
+
+def test_stratified_bootstrap_keeps_tasks_and_sizes():
+    rng = np.random.default_rng(4)
+    scores = {"a": np.arange(3.0), "b": 100 + np.arange(5.0)}
+    for _ in range(50):
+        r = ss._resample(scores, rng)
+        assert set(r["a"]) <= set(scores["a"]) and len(r["a"]) == 3
+        assert set(r["b"]) <= set(scores["b"]) and len(r["b"]) == 5
+
+
+def test_stratified_bootstrap_matches_brute_force_distribution():
+    """Mean aggregate: the bootstrap CI approaches the exact distribution of all per-task resamples."""
+    scores = {"a": np.array([0.0, 1.0]), "b": np.array([10.0, 14.0])}
+    exact = []
+    for ra in itertools.product(scores["a"], repeat=2):
+        for rb in itertools.product(scores["b"], repeat=2):
+            exact.append(np.mean(ra + rb))
+    lo, hi = ss.stratified_bootstrap_ci(scores, ss.aggregate_mean, n_boot=4000, seed=0)
+    assert lo == pytest.approx(np.quantile(exact, 0.025), abs=0.3)
+    assert hi == pytest.approx(np.quantile(exact, 0.975), abs=0.3)
+
+
+def test_ci_contains_estimate_and_narrows_with_more_runs():
+    rng = np.random.default_rng(5)
+    small = {f"t{i}": rng.normal(i, 1.0, 5) for i in range(4)}
+    big = {f"t{i}": rng.normal(i, 1.0, 80) for i in range(4)}
+    widths = []
+    for scores in (small, big):
+        lo, hi = ss.stratified_bootstrap_ci(scores, ss.aggregate_iqm, n_boot=2000, seed=0)
+        assert lo <= ss.aggregate_iqm(scores) <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+
+
+def test_poi_ci_contains_estimate_and_narrows():
+    rng = np.random.default_rng(6)
+    widths = []
+    for runs in (5, 80):
+        x = {f"t{i}": rng.normal(0.3, 1.0, runs) for i in range(3)}
+        y = {f"t{i}": rng.normal(0.0, 1.0, runs) for i in range(3)}
+        lo, hi = ss.probability_of_improvement_ci(x, y, n_boot=2000, seed=0)
+        assert lo <= ss.probability_of_improvement(x, y) <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+
+
+def test_bootstrap_is_seeded():
+    scores = _random_scores(np.random.default_rng(7))
+    assert ss.stratified_bootstrap_ci(scores, seed=3) == ss.stratified_bootstrap_ci(scores, seed=3)
+
+
+def test_unequal_and_missing_tasks():
+    x = {"a": [1.0, 2.0], "b": [3.0]}
+    y = {"a": [0.0], "c": [5.0]}
+    assert ss.probability_of_improvement(x, y) == 1.0  # only task a is shared
+    assert np.isnan(ss.iqm([]))
