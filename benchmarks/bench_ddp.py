@@ -110,7 +110,7 @@ def report(preset: str, results: list[dict], flops: float, peak_tflops: float | 
              f"- Command: `python benchmarks/bench_ddp.py --preset {preset} --accelerator {accelerator} ...`",
              (f"- Model: {obs_type}, {n_layer} layers x {n_embd} wide, {n_head} heads, K={K}; global batch "
              f"{global_batch} windows split over the processes; {steps} steps per run; all three objectives; "
-             f"{flops / 1e9:.2f} GFLOP per window per training step (counted)."), "",
+             f"{flops / 1e9:.2f} GFLOP per window per training step (counted)."), "", "### Throughput", "",
              "| processes | threads each | samples/s (median, all ranks) | vs first row | achieved GFLOP/s"
              + (" | GPU util (median) | MFU" if accelerator == "gpu" else "") + " | load avg before |",
              "|---|---|---|---|---" + ("|---|---" if accelerator == "gpu" else "") + "|---|"]
