@@ -1,7 +1,8 @@
-"""What every benchmark script shares: writing its own section of docs/benchmarks.md."""
+"""What the benchmark scripts share: reading a run's TensorBoard scalars, writing a section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 
@@ -39,3 +40,12 @@ def write_section(out: str, section: str, body: str) -> None:
     with open(tmp, "w") as f:
         f.write(text.rstrip("\n") + "\n")
     os.replace(tmp, out)
+
+
+def tb_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the newest TensorBoard log under ``{run_dir}/tb_logs/`` as {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted(glob.glob(os.path.join(run_dir, "tb_logs", "*")))
+    acc = EventAccumulator(runs[-1], size_guidance={"scalars": 0}).Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -204,5 +204,6 @@ def main() -> None:
     if args.out:
         write_section(args.out, SECTION, text)
 
+
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-from _report import write_section  # benchmarks/_report.py
+from _report import tb_scalars, write_section  # benchmarks/_report.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -91,10 +91,7 @@ def run(preset: str, prefix: str, devices: int, threads: int, accelerator: str) 
         util.terminate()
         values = [float(v) for v in util.communicate()[0].split() if v.replace(".", "").isdigit()]
         gpu_util = statistics.median(values) if values else None
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run_dir = max(os.scandir(os.path.join(out, "tb_logs")), key=lambda e: e.name).path
-    rates = [e.value for e in EventAccumulator(run_dir).Reload().Scalars("train/samples_per_sec")][1:]
+    rates = [value for _, value in tb_scalars(out)["train/samples_per_sec"]][1:]
     return {"devices": devices, "threads": threads, "samples_per_sec": statistics.median(rates),
             "readings": rates, "gpu_util": gpu_util, "load_before": load}
 

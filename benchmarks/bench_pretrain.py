@@ -50,7 +50,7 @@ import subprocess
 import sys
 import time
 
-from _report import write_section  # benchmarks/_report.py
+from _report import tb_scalars, write_section  # benchmarks/_report.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(ROOT, "benchmarks", "_work")
@@ -489,14 +489,6 @@ def ensure_data(prefix: str, extra: list[str], replay_ids: list[int], num_steps:
         return shown, 0.0
     shutil.rmtree(os.path.join(ROOT, prefix), ignore_errors=True)
     return shown, collect(cmd, prefix)
-
-
-def tb_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    runs = sorted(glob.glob(os.path.join(run_dir, "tb_logs", "*")))
-    acc = EventAccumulator(runs[-1], size_guidance={"scalars": 0}).Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def run_cli(args: list[str], out_dir: str, timed: bool = True) -> tuple[dict, str]:

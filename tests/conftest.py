@@ -75,6 +75,15 @@ def pixel_dir(tmp_path_factory):
     return root
 
 
+def scalars(out_dir) -> dict[str, list[float]]:
+    """Every TensorBoard scalar of a run's newest log, as {tag: [values in step order]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted((out_dir / "tb_logs").iterdir())
+    acc = EventAccumulator(str(runs[-1])).Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def run_in_process(main, args: list[str]):
     """Run a training entry point in this process (so its trained module can be inspected)."""
     saved = sys.argv

@@ -8,8 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import ROOT, run_script, scalars
 
 from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
 from control_pretrain.data.windows import ShardedSampler
@@ -24,22 +23,21 @@ TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "
 ENV = {"PYTHONPATH": os.path.join(ROOT, "tests"), "OMP_NUM_THREADS": "1"}
 
 
+def pretrain_args(data_dir, out_dir, probe_dir, batch_size: int, epochs: int, devices: int, *extra: str) -> list[str]:
+    probe = [{"class_path": "ddp_probe.RecordWindows", "init_args": {"out_dir": str(probe_dir)}}]
+    return ["--multi_config", "configs/pretrain_configs/multipretrain_source_test.json", "--train_replay_id", "1",
+            "--num_steps", "1000", "--data_dir_prefix", str(data_dir), "--obs_type", "state", "--output_dir",
+            str(out_dir), "--epochs", str(epochs), "--data.batch_size", str(batch_size), "--trainer.devices",
+            str(devices), "--trainer.callbacks", json.dumps(probe), *TINY, *extra]
+
+
 def pretrain(data_dir, out_dir, devices: int, batch_size: int, epochs: int, *extra: str):
-    probe = [{"class_path": "ddp_probe.RecordWindows", "init_args": {"out_dir": str(out_dir / f"probe{epochs}")}}]
-    res = run_script("dmc_pretrain.py", "--multi_config", "configs/pretrain_configs/multipretrain_source_test.json",
-                     "--train_replay_id", "1", "--num_steps", "1000", "--data_dir_prefix", str(data_dir),
-                     "--obs_type", "state", "--output_dir", str(out_dir), "--epochs", str(epochs),
-                     "--data.batch_size", str(batch_size), "--trainer.devices", str(devices),
-                     "--trainer.strategy", "ddp" if devices > 1 else "auto", "--trainer.callbacks", json.dumps(probe),
-                     *TINY, *extra, env=ENV)
+    probe_dir = out_dir / f"probe{epochs}"
+    res = run_script("dmc_pretrain.py", *pretrain_args(data_dir, out_dir, probe_dir, batch_size, epochs, devices,
+                                                       "--trainer.strategy", "ddp" if devices > 1 else "auto", *extra),
+                     env=ENV)
     assert res.returncode == 0, res.stderr[-3000:]
-    return [json.loads((out_dir / f"probe{epochs}" / f"rank{r}.json").read_text()) for r in range(devices)]
-
-
-def scalars(out_dir) -> dict[str, list[float]]:
-    runs = sorted((out_dir / "tb_logs").iterdir())
-    acc = EventAccumulator(str(runs[-1])).Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in range(devices)]
 
 
 def assert_ranks_split_the_epoch(ranks: list[dict], epoch: int) -> None:
@@ -160,12 +158,8 @@ def test_two_nodes_started_by_a_cluster_launcher(collected_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    probe = [{"class_path": "ddp_probe.RecordWindows", "init_args": {"out_dir": str(tmp_path / "probe")}}]
-    args = [sys.executable, "src/dmc_pretrain.py", "--multi_config", "configs/pretrain_configs/multipretrain_source_test.json",
-            "--train_replay_id", "1", "--num_steps", "1000", "--data_dir_prefix", str(collected_dir), "--obs_type",
-            "state", "--output_dir", str(tmp_path), "--epochs", "1", "--data.batch_size", "15", "--trainer.devices",
-            "1", "--trainer.num_nodes", "2", "--trainer.strategy", "ddp", "--trainer.callbacks", json.dumps(probe),
-            *TINY]
+    args = [sys.executable, "src/dmc_pretrain.py", *pretrain_args(collected_dir, tmp_path, tmp_path / "probe", 15, 1, 1,
+                                                                  "--trainer.num_nodes", "2", "--trainer.strategy", "ddp")]
     procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={
         **os.environ, **ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
         "NODE_RANK": str(node), "LOCAL_RANK": "0", "RANK": str(node)}) for node in range(2)]

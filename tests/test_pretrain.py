@@ -6,8 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import run_in_process, run_script
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import run_in_process, run_script, scalars
 
 import dmc_pretrain
 from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
@@ -54,12 +53,6 @@ def test_contract_fit_checkpoint_reload(objective, obs_type, collected_dir, pixe
         assert torch.equal(a[k], b[k]), k
     for (n1, p1), (n2, p2) in zip(trained.state_dict().items(), reloaded.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2), n1
-
-
-def scalars(out_dir) -> dict[str, list[float]]:
-    runs = sorted((out_dir / "tb_logs").iterdir())
-    acc = EventAccumulator(str(runs[-1])).Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_metrics_and_mask_curriculum(collected_dir, tmp_path):
