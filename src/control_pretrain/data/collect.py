@@ -8,9 +8,11 @@ Several (task, replay id) jobs run in parallel processes, reporting progress to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -87,6 +89,7 @@ def record_episode(env: DMCEnv, act: Callable[[np.ndarray], np.ndarray], pixels:
         rows["timeouts"].append(timeout)
         if terminal or timeout:
             break
+        check_stop()
     episode = {k: np.asarray(v) for k, v in rows.items()}
     if pixels:
         episode["pixels"] = np.stack(frames)
@@ -146,12 +149,44 @@ def record_to_file(job: CollectJob, env: DMCEnv, act, attrs: dict, progress) -> 
 COLLECTORS = {"random": collect_random}
 
 
+_stop_requested = False
+
+
 def _interrupt(*_) -> None:
-    raise KeyboardInterrupt
+    """SIGINT/SIGTERM while collecting: stop at the next environment step (``check_stop``); a second signal stops
+    at once. Raising KeyboardInterrupt from the handler itself could land inside a finalizer (h5py, MuJoCo), where
+    Python drops the exception and the collection would go on."""
+    global _stop_requested
+    if _stop_requested:
+        raise KeyboardInterrupt
+    _stop_requested = True
+
+
+def check_stop() -> None:
+    """Unwind like Ctrl-C (the writer then removes or keeps its temporary file) if a stop was asked for."""
+    if _stop_requested:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGINT and SIGTERM (a killed job, a scheduler's stop) ask for a stop while collecting in this process."""
+    global _stop_requested
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if previous[signal.SIGINT] is not _interrupt:  # outermost: a fresh request
+        _stop_requested = False
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_job(job: CollectJob, queue=None) -> str:
-    # SIGTERM (a killed job) unwinds like Ctrl-C so the writer removes its temporary file.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     report = (lambda n: queue.put((job.path, n))) if queue is not None else None
     return COLLECTORS[job.policy](job, report)
@@ -171,7 +206,7 @@ def collect_many(jobs: list[CollectJob], workers: int = 1, quiet: bool = False) 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=quiet) as bar:
+    with stop_signals(), Progress(*columns, disable=quiet) as bar:
         tasks = {j.path: bar.add_task(f"{j.domain}-{j.task} s{j.replay_id}", total=j.num_steps) for j in jobs}
         if workers <= 1:
             return [_collect_inline(j, bar, tasks[j.path]) for j in jobs]
@@ -191,6 +226,7 @@ def collect_many(jobs: list[CollectJob], workers: int = 1, quiet: bool = False) 
                     f.result()  # re-raises a worker's error
                 pending -= done
                 if pending:
+                    check_stop()
                     time.sleep(0.2)
             return [f.result() for f in futures]
 

@@ -26,15 +26,13 @@ import copy
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from ..envs.dmc import DMCEnv, make_env
-from .collect import COLLECTORS, CollectJob, _interrupt, file_attrs, job_env, record_episode, record_to_file
+from .collect import COLLECTORS, CollectJob, file_attrs, job_env, record_episode, record_to_file, stop_signals
 from .errors import DatasetError
 from .writer import TrajectoryWriter, partial_path
 
@@ -229,15 +227,9 @@ def _rng_state_from_torch(state: dict) -> dict:
 
 def collect_sac(job: CollectJob, progress: Callable[[int], None] | None = None) -> str:
     """Train SAC for at least ``num_steps`` agent steps (whole episodes) and record its whole replay."""
-    # SIGTERM (`kill`, a scheduler's stop) unwinds like Ctrl-C, so the run is kept for --resume also when this runs
-    # in the main process (worker processes get the same handler from collect._run_job)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
-    try:
+    # A stop (Ctrl-C, `kill`, a scheduler) keeps the run for --resume, also when this runs outside collect_many.
+    with stop_signals():
         return _collect_sac(job, progress)
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _collect_sac(job: CollectJob, progress: Callable[[int], None] | None) -> str:
