@@ -129,7 +129,7 @@ def main() -> None:
             rows["raw"].append(total / (time.perf_counter() - t) / 1e6)
             t = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(lambda ip: (raw_get(ip), storage._md5_file(os.path.join(raw_dir, str(ip[0])))),
+                list(pool.map(lambda ip: (raw_get(ip), storage.md5_file(os.path.join(raw_dir, str(ip[0])))),
                               enumerate(remote)))
             rows["raw_md5"].append(total / (time.perf_counter() - t) / 1e6)
             t = time.perf_counter()

@@ -84,7 +84,7 @@ def fmt(x, digits=0):
 # --------------------------------------------------------------------------------------------- 1. collection
 def collection_rates(domain, task, steps, frames):
     """Agent steps/s of ``record_episode`` and ``env.render()`` frames/s for the state / default / fast envs."""
-    from control_pretrain.data.collect import record_episode
+    from control_pretrain.collect.job import record_episode
     from control_pretrain.envs.dmc import make_env
 
     envs = {"state": make_env(domain, task), "default": make_env(domain, task, pixels=True),

@@ -54,7 +54,7 @@ def flops_per_sample(preset: str, prefix: str) -> float:
     """Counted matmul/conv FLOPs of one training step (all objectives, forward + backward), per window."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
+    from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
     from control_pretrain.lit.pretrain_module import PretrainModule
 
     obs_type, n_layer, n_head, n_embd, K, _, _ = PRESETS[preset]

@@ -563,7 +563,7 @@ def fixed_mask_eval(out_dir: str, data_prefix: str, num_steps: int, mask_sizes: 
     the same random masks for every checkpoint (seeded), on the run's own validation episodes."""
     import torch
 
-    from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
+    from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
     from control_pretrain.lit.pretrain_module import PretrainModule
 
     torch.set_num_threads(THREADS)

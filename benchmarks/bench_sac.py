@@ -123,7 +123,8 @@ def bench_collector(steps: int) -> dict[str, float]:
 
 
 def bench_curves(steps: int) -> dict[str, list[dict]]:
-    from control_pretrain.data.collect import CollectJob, collect_many
+    from control_pretrain.collect.job import CollectJob
+    from control_pretrain.collect.run import collect_many
 
     d = os.path.join(WORK, "curves")
     jobs = [CollectJob(domain=dom, task=task, replay_id=1, num_steps=steps, data_dir_prefix=d, policy="sac",

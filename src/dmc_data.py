@@ -2,7 +2,7 @@
 
 import sys
 
-from control_pretrain.data.cli import main
+from control_pretrain.cli.data import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,9 +10,9 @@ the last and the best checkpoint are evaluated in dm_control on held-out seeds a
 
 import sys
 
-from control_pretrain.data.downstream_datamodule import DownstreamDataModule
+from control_pretrain.cli.train import run_cli
+from control_pretrain.data.datamodules.downstream import DownstreamDataModule
 from control_pretrain.eval.report import final_report
-from control_pretrain.lit.cli import run_cli
 from control_pretrain.lit.downstream_module import DownstreamModule
 
 FLAGS = {

@@ -7,8 +7,8 @@ The original README's commands run verbatim, e.g.
 (``--config``, ``--print_config``, ``--trainer.*``, ``--model.*``, ``--data.*``, ``--seed_everything``).
 """
 
-from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
-from control_pretrain.lit.cli import run_cli
+from control_pretrain.cli.train import run_cli
+from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.lit.pretrain_module import PretrainModule
 
 FLAGS = {

@@ -19,12 +19,12 @@ import pytest
 from conftest import ROOT, run_in_process, run_script, write_synthetic
 
 import dmc_pretrain
-from control_pretrain.data import storage
-from control_pretrain.data.downstream_datamodule import DownstreamDataModule
-from control_pretrain.data.errors import DatasetError
-from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
+from control_pretrain.data.datamodules.downstream import DownstreamDataModule
+from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.data.schema import dataset_path, open_h5
 from control_pretrain.data.trajectory_file import TrajectoryFile
+from control_pretrain.errors import DatasetError
+from control_pretrain.storage import blob as storage
 
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 TASKSET = "configs/pretrain_configs/multipretrain_source_test.json"
@@ -336,12 +336,12 @@ def test_throttling_is_retried_then_bounded(monkeypatch):
             return "ok"
         return fn
 
-    assert storage._call(loc, "reading", throttled(2)) == "ok" and len(calls) == 3
+    assert storage.call(loc, "reading", throttled(2)) == "ok" and len(calls) == 3
     assert calls[2] - calls[0] >= 0.5  # backed off
     calls.clear()
     start = time.monotonic()
     with pytest.raises(DatasetError, match="unreachable.*'throttled', prefix 'prefix'"):
-        storage._call(loc, "reading", throttled(10**6))
+        storage.call(loc, "reading", throttled(10**6))
     assert time.monotonic() - start < 4
 
 

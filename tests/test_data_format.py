@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, SRC, run_script, synthetic_episode, write_synthetic
 
-from control_pretrain.data.errors import DatasetError
 from control_pretrain.data.schema import validate
 from control_pretrain.data.writer import TrajectoryWriter
+from control_pretrain.errors import DatasetError
 
 
 def test_collect_inspect_round_trip(collected_dir):

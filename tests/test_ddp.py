@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, run_script, scalars
 
-from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
+from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.data.windows import ShardedSampler
 from control_pretrain.lit.downstream_module import DownstreamModule
 from control_pretrain.lit.pretrain_module import PretrainModule

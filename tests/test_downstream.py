@@ -10,7 +10,7 @@ from conftest import run_in_process, run_script, write_synthetic
 
 import dmc_downstream
 import dmc_pretrain
-from control_pretrain.data.downstream_datamodule import select_episodes
+from control_pretrain.data.datamodules.downstream import select_episodes
 from control_pretrain.lit.downstream_module import DownstreamModule
 
 TINY_PRETRAIN = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",

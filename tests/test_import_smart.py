@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from control_pretrain.data.errors import DatasetError
-from control_pretrain.data.import_smart import import_smart, load_chunk, parse_smart_path
+from control_pretrain.data.importers.smart import import_smart, load_chunk, parse_smart_path
 from control_pretrain.data.schema import open_h5, validate
 from control_pretrain.envs.dmc import make_env
+from control_pretrain.errors import DatasetError
 
 EPISODE = 250  # cartpole swingup, action repeat 4
 EPISODES = 3

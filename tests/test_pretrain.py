@@ -9,7 +9,7 @@ import torch
 from conftest import run_in_process, run_script, scalars
 
 import dmc_pretrain
-from control_pretrain.data.pretrain_datamodule import MultiTaskDataModule
+from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.lit.pretrain_module import PretrainModule
 
 TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",

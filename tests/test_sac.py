@@ -16,11 +16,12 @@ import torch
 from conftest import ROOT, SRC, run_script, write_synthetic
 
 from control_pretrain.agents.sac import ReplayBuffer, SACAgent, SACConfig
-from control_pretrain.data.collect import CollectJob
-from control_pretrain.data.collect_sac import agent_file, collect_checkpoint, collect_sac, log_dir, state_file
-from control_pretrain.data.errors import DatasetError
+from control_pretrain.collect.checkpoint import collect_checkpoint
+from control_pretrain.collect.job import CollectJob
+from control_pretrain.collect.sac import agent_file, collect_sac, log_dir, state_file
 from control_pretrain.data.schema import validate
 from control_pretrain.data.writer import TrajectoryWriter, partial_path
+from control_pretrain.errors import DatasetError
 
 TINY = {"hidden_dim": 32, "batch_size": 32, "init_steps": 250}
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "physics")

@@ -7,9 +7,9 @@ from conftest import write_synthetic
 from torch.utils.data import DataLoader
 
 from control_pretrain.data.episodes import EpisodeIndex
-from control_pretrain.data.errors import DatasetError
 from control_pretrain.data.trajectory_file import TrajectoryFile
 from control_pretrain.data.windows import EpisodeWindowDataset, passthrough_collate
+from control_pretrain.errors import DatasetError
 
 K = 5
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import storage
-from .errors import DatasetError
+from ..errors import DatasetError
+from ..storage import blob as storage
 
 SCHEMA_VERSION = 1
 KINDS = {"rand": "randcollect", "full": "fullcollect"}

@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 
-from . import storage
+from ..errors import DatasetError
+from ..storage import blob as storage
 from .episodes import EpisodeIndex
-from .errors import DatasetError
 from .schema import open_h5, validate
 
 

@@ -14,41 +14,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import DatasetError
 from .episodes import EpisodeIndex
-from .errors import DatasetError
+from .slots import SlotLayout
 from .trajectory_file import TrajectoryFile
-
-
-@dataclass(frozen=True)
-class SlotLayout:
-    """Where each domain's vector sits inside the concatenated vector: ``slots[domain] = (offset, size)``."""
-
-    slots: dict[str, tuple[int, int]]
-
-    @classmethod
-    def from_sizes(cls, sizes: Sequence[tuple[str, int]]) -> SlotLayout:
-        slots, offset = {}, 0
-        for domain, size in sizes:
-            if domain in slots:
-                if slots[domain][1] != size:
-                    raise DatasetError(f"domain '{domain}' appears with vector sizes {slots[domain][1]} and {size}")
-                continue
-            slots[domain] = (offset, size)
-            offset += size
-        return cls(slots)
-
-    @property
-    def size(self) -> int:
-        return sum(size for _, size in self.slots.values())
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {d: [o, s] for d, (o, s) in self.slots.items()}
 
 
 def passthrough_collate(batch):

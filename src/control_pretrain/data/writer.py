@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from .errors import DatasetError
+from ..errors import DatasetError
 from .schema import PIXEL_CHUNK_STEPS, SCHEMA_VERSION, STATE_CHUNK_STEPS
 
 

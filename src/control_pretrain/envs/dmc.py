@@ -17,13 +17,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 
+from ..errors import EnvSpecError
+
 # The conventional camera per domain (DrQ/CURL convention, also used by SMART's dmc2gym: camera 0 except
 # quadruped, whose camera 0 does not follow the body).
 CAMERA_BY_DOMAIN = {"quadruped": 2}
-
-
-class EnvSpecError(ValueError):
-    """An unknown domain or task; the message lists what exists."""
 
 
 def available_tasks() -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..data.errors import DatasetError
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +23,15 @@ log = logging.getLogger(__name__)
 ARCHITECTURE_KEYS = ("obs_type", "n_embd", "n_layer", "n_head", "context_length")
 
 
-class CheckpointMismatchError(DatasetError):
-    """The checkpoint cannot be loaded into this model; the message says what differs and what to do."""
-
-
 def read_checkpoint(path: str) -> dict:
     if not os.path.exists(path):
-        raise CheckpointMismatchError(f"{path}: no such checkpoint. Pass the path of a .ckpt written by a run.")
+        raise CheckpointError(f"{path}: no such checkpoint. Pass the path of a .ckpt written by a run.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoints (hparams pickled)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}).") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}).") from None
     if "state_dict" not in ckpt:
-        raise CheckpointMismatchError(f"{path}: has no 'state_dict'; it is not a Lightning checkpoint of this project.")
+        raise CheckpointError(f"{path}: has no 'state_dict'; it is not a Lightning checkpoint of this project.")
     return ckpt
 
 
@@ -44,7 +40,7 @@ def check_architecture(path: str, ckpt: dict, config: dict) -> None:
     diffs = [f"{k}: checkpoint {theirs[k]!r}, this run {config[k]!r}" for k in ARCHITECTURE_KEYS
              if k in theirs and theirs[k] != config[k]]
     if diffs:
-        raise CheckpointMismatchError(
+        raise CheckpointError(
             f"{path} does not fit this model ({'; '.join(diffs)}). Use the same --model.* sizes and --obs_type as "
             "the pretraining run (they are in its config.yaml), or train from scratch without --load_model_from."
         )

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from .errors import DatasetError
+from ..errors import CredentialsError, DatasetError
 
 log = logging.getLogger(__name__)
 logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every request at INFO
@@ -159,25 +159,25 @@ def service_client(loc: BlobLocation):
             try:
                 client = BlobServiceClient(url, credential=sas.lstrip("?"), **_client_kwargs())
             except ValueError as err:
-                raise DatasetError(f"{url}: {err}") from None
+                raise CredentialsError(f"{url}: {err}") from None
         elif conn and (loc.account_url is None or _conn_account_url(conn) == loc.account_url.rstrip("/")):
             try:
                 client = BlobServiceClient.from_connection_string(conn, **_client_kwargs())
             except ValueError as err:
-                raise DatasetError(f"AZURE_STORAGE_CONNECTION_STRING cannot be parsed ({err}).") from None
+                raise CredentialsError(f"AZURE_STORAGE_CONNECTION_STRING cannot be parsed ({err}).") from None
         elif url:
             try:
                 from azure.identity import DefaultAzureCredential
             except ImportError:
-                raise DatasetError("no Azure credentials: install azure-identity, or set "
+                raise CredentialsError("no Azure credentials: install azure-identity, or set "
                                    "AZURE_STORAGE_CONNECTION_STRING or a SAS token.") from None
             try:
                 client = BlobServiceClient(url, credential=DefaultAzureCredential(), **_client_kwargs())
             except ValueError as err:  # e.g. a token credential over plain http
-                raise DatasetError(f"AZURE_STORAGE_ACCOUNT_URL {url}: {err} Use an https:// URL, a SAS token "
+                raise CredentialsError(f"AZURE_STORAGE_ACCOUNT_URL {url}: {err} Use an https:// URL, a SAS token "
                                    "or AZURE_STORAGE_CONNECTION_STRING.") from None
         else:
-            raise DatasetError(
+            raise CredentialsError(
                 f"no Azure account for {loc.where}: set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL "
                 "(with AZURE_STORAGE_SAS_TOKEN or a DefaultAzureCredential login such as `az login`), or use an "
                 "https://<account>.blob.core.windows.net/<container>/<prefix> prefix."
@@ -204,7 +204,7 @@ def blob_client(loc: BlobLocation):
     return container_client(loc).get_blob_client(loc.blob)
 
 
-def _call(loc: BlobLocation, what: str, fn: Callable[[], T]) -> T:
+def call(loc: BlobLocation, what: str, fn: Callable[[], T]) -> T:
     """Run one SDK call; retry transient failures with backoff until the deadline; turn the rest into
     ``DatasetError`` paragraphs that name the container and prefix."""
     from azure.core.exceptions import (
@@ -221,7 +221,7 @@ def _call(loc: BlobLocation, what: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except ClientAuthenticationError as err:
-            raise DatasetError(_auth_message(loc, err)) from None
+            raise CredentialsError(_auth_message(loc, err)) from None
         except ResourceNotFoundError as err:
             code = getattr(err, "error_code", None)
             if code == "ContainerNotFound":
@@ -232,7 +232,7 @@ def _call(loc: BlobLocation, what: str, fn: Callable[[], T]) -> T:
         except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
             status = getattr(err, "status_code", None)
             if isinstance(err, HttpResponseError) and status == 403:
-                raise DatasetError(_auth_message(loc, err)) from None
+                raise CredentialsError(_auth_message(loc, err)) from None
             transient = not isinstance(err, HttpResponseError) or status in TRANSIENT_STATUS or status is None
             if not transient:
                 raise DatasetError(f"Azure Blob: {what} failed ({loc.where}): {_short(err)}") from None
@@ -274,7 +274,7 @@ def check_container(path: str) -> None:
     key = (os.getpid(), loc.account_url, loc.container)
     if key in _containers_ok:
         return
-    if not _call(loc, "checking the container", lambda: container_client(loc).exists()):
+    if not call(loc, "checking the container", lambda: container_client(loc).exists()):
         raise DatasetError(f"Azure Blob: the container does not exist ({loc.where}). Check the container name of "
                            "--data_dir_prefix, or upload the data with `python src/dmc_data.py upload`.")
     _containers_ok.add(key)
@@ -285,12 +285,12 @@ def exists(path: str) -> bool:
         return os.path.exists(path)
     check_container(path)
     loc = parse(path)
-    return _call(loc, f"looking up {loc.blob}", lambda: blob_client(loc).exists())
+    return call(loc, f"looking up {loc.blob}", lambda: blob_client(loc).exists())
 
 
 def properties(path: str):
     loc = parse(path)
-    return _call(loc, f"reading the properties of {loc.blob}", lambda: blob_client(loc).get_blob_properties())
+    return call(loc, f"reading the properties of {loc.blob}", lambda: blob_client(loc).get_blob_properties())
 
 
 # ---------------------------------------------------------------------------------------------------- cache
@@ -446,7 +446,7 @@ def _evict_for(needed: int, keep: str) -> None:
         )
 
 
-def _md5_file(path: str, chunk: int = 8 << 20) -> bytes:
+def md5_file(path: str, chunk: int = 8 << 20) -> bytes:
     h = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -466,7 +466,7 @@ def local_path(path: str, pin: bool = False) -> str:
     local = cached_name(path)
     for _attempt in range(5):
         try:
-            props = _call(loc, f"reading the properties of {loc.blob}",
+            props = call(loc, f"reading the properties of {loc.blob}",
                           lambda: blob_client(loc).get_blob_properties())
         except ResourceNotFoundError:
             check_container(path)
@@ -499,9 +499,9 @@ def local_path(path: str, pin: bool = False) -> str:
                     f.truncate(size)
             try:
                 with open(tmp, "r+b") as f:
-                    written = _call(loc, f"downloading {loc.blob}",
+                    written = call(loc, f"downloading {loc.blob}",
                                     lambda f=f, etag=etag: _download_into(loc, f, etag, MatchConditions))
-                got = _md5_file(tmp)
+                got = md5_file(tmp)
                 if written != size or os.path.getsize(tmp) != size or (md5 and bytes(md5) != got):
                     stats["verify_failures"] += 1
                     log.warning("blob cache: %s failed verification (size/MD5); downloading it again", display(path))

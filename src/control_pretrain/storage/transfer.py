@@ -13,8 +13,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from . import storage
-from .errors import DatasetError
+from ..errors import DatasetError
+from . import blob as storage
 
 
 @dataclass
@@ -67,8 +67,8 @@ def upload(src: str, dest: str, workers: int = 8, quiet: bool = False) -> dict:
         raise DatasetError(f"--dest {dest}: expected az://<container>/<prefix> or an https:// blob URL.")
     base = storage.parse(dest)
     container = storage.container_client(base)
-    if not storage._call(base, "checking the container", container.exists):
-        storage._call(base, "creating the container", container.create_container)
+    if not storage.call(base, "checking the container", container.exists):
+        storage.call(base, "creating the container", container.create_container)
     names = _local_files(src)
     counts = {"uploaded": 0, "skipped": 0, "bytes": 0}
 
@@ -76,7 +76,7 @@ def upload(src: str, dest: str, workers: int = 8, quiet: bool = False) -> dict:
         local = os.path.join(src, name)
         remote = storage.join(dest, name)
         loc = storage.parse(remote)
-        md5 = storage._md5_file(local)
+        md5 = storage.md5_file(local)
         size = os.path.getsize(local)
         if _remote_md5(remote) == md5:
             counts["skipped"] += 1
@@ -88,7 +88,7 @@ def upload(src: str, dest: str, workers: int = 8, quiet: bool = False) -> dict:
                 storage.blob_client(loc).upload_blob(f, overwrite=True, max_concurrency=4,
                                                      content_settings=ContentSettings(content_md5=bytearray(md5)))
 
-        storage._call(loc, f"uploading {name}", put)
+        storage.call(loc, f"uploading {name}", put)
         counts["uploaded"] += 1
         counts["bytes"] += size
         advance(size)
@@ -115,7 +115,7 @@ def download(src: str, dest: str, workers: int = 8, quiet: bool = False) -> dict
     base = storage.parse(src)
     storage.check_container(src)
     prefix = base.blob.rstrip("/") + "/" if base.blob else ""
-    blobs = storage._call(base, "listing the blobs",
+    blobs = storage.call(base, "listing the blobs",
                           lambda: list(storage.container_client(base).list_blobs(name_starts_with=prefix)))
     if not blobs:
         raise DatasetError(f"Azure Blob: no blobs under {base.where}.")
@@ -126,7 +126,7 @@ def download(src: str, dest: str, workers: int = 8, quiet: bool = False) -> dict
         local = os.path.join(dest, *name.split("/"))
         md5 = blob.content_settings.content_md5
         if md5 and os.path.exists(local) and os.path.getsize(local) == blob.size \
-                and storage._md5_file(local) == bytes(md5):
+                and storage.md5_file(local) == bytes(md5):
             counts["skipped"] += 1
             advance(blob.size)
             return
@@ -138,8 +138,8 @@ def download(src: str, dest: str, workers: int = 8, quiet: bool = False) -> dict
                 with open(tmp, "wb") as f:
                     storage.blob_client(loc).download_blob(max_concurrency=4).readinto(f)
 
-            storage._call(loc, f"downloading {name}", get)
-            if md5 and storage._md5_file(tmp) != bytes(md5):
+            storage.call(loc, f"downloading {name}", get)
+            if md5 and storage.md5_file(tmp) != bytes(md5):
                 raise DatasetError(f"{storage.display(storage.join(src, name))}: downloaded bytes do not match the "
                                    f"blob's Content-MD5 ({base64.b64encode(bytes(md5)).decode()}); try again.")
             os.replace(tmp, local)

@@ -4,40 +4,26 @@ dataset files (upload/download: Azure Blob Storage, docs/blob.md)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
 import numpy as np
 
-from ..envs.dmc import EnvSpecError
-from .errors import DatasetError
-
-
-def load_task_set(path: str) -> dict[str, list[str]]:
-    """A task-set JSON as in SMART's configs/pretrain_configs: ``{"walker": ["stand", "run"], ...}``."""
-    try:
-        with open(path) as f:
-            tasks = json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such task-set file (see configs/pretrain_configs/).") from None
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path}: not valid JSON ({err}).") from None
-    if not isinstance(tasks, dict) or not all(isinstance(v, list) and v for v in tasks.values()):
-        raise DatasetError(f'{path}: expected {{"domain": ["task", ...], ...}}, found {tasks!r}.')
-    return tasks
+from ..data.task_sets import load_task_set
+from ..errors import ArgumentError, UserError
 
 
 def _collect(args: argparse.Namespace) -> None:
-    from .collect import CollectJob, collect_many
+    from ..collect.job import CollectJob
+    from ..collect.run import collect_many
 
     if args.multi_config:
         pairs = [(d, t) for d, ts in load_task_set(args.multi_config).items() for t in ts]
     elif args.domain and args.task:
         pairs = [(args.domain, t) for t in args.task]
     else:
-        raise DatasetError("collect needs --domain and --task, or --multi_config TASKSET.json.")
+        raise ArgumentError("collect needs --domain and --task, or --multi_config TASKSET.json.")
     jobs = [
         CollectJob(domain=d, task=t, replay_id=r, num_steps=args.num_steps, data_dir_prefix=args.data_dir_prefix,
                    policy=args.policy, pixels=args.pixels, seed=args.seed, action_repeat=args.action_repeat,
@@ -49,7 +35,7 @@ def _collect(args: argparse.Namespace) -> None:
         for d, t in pairs for r in args.replay_id
     ]
     if args.resume and args.policy != "sac":
-        raise DatasetError("--resume continues an interrupted --policy sac run only.")
+        raise ArgumentError("--resume continues an interrupted --policy sac run only.")
     workers = args.workers or min(len(jobs), os.cpu_count() or 1)
     for path in collect_many(jobs, workers=workers, quiet=args.quiet):
         print(path)
@@ -83,7 +69,7 @@ def _add_sac_options(c: argparse.ArgumentParser) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from .schema import open_h5, validate
+    from ..data.schema import open_h5, validate
 
     for path in args.files:
         info = validate(path)
@@ -106,7 +92,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def _import_smart(args: argparse.Namespace) -> None:
-    from .import_smart import import_smart
+    from ..data.importers.smart import import_smart
 
     info = import_smart(args.src, args.out, domain=args.domain, task=args.task, replay_id=args.replay_id,
                         trust_pickle=args.trust_pickle, episode_len=args.episode_len,
@@ -115,14 +101,14 @@ def _import_smart(args: argparse.Namespace) -> None:
 
 
 def _upload(args: argparse.Namespace) -> None:
-    from .blob_cli import upload
+    from ..storage.transfer import upload
 
     c = upload(args.src, args.dest, workers=args.workers, quiet=args.quiet)
     print(f"uploaded {c['uploaded']} file(s) ({c['bytes'] / 1e6:.1f} MB), skipped {c['skipped']} unchanged")
 
 
 def _download(args: argparse.Namespace) -> None:
-    from .blob_cli import download
+    from ..storage.transfer import download
 
     c = download(args.src, args.dest, workers=args.workers, quiet=args.quiet)
     print(f"downloaded {c['downloaded']} file(s) ({c['bytes'] / 1e6:.1f} MB), skipped {c['skipped']} unchanged")
@@ -191,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DatasetError, EnvSpecError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

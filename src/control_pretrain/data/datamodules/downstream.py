@@ -14,12 +14,12 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from ..envs.dmc import check_task
-from . import storage
-from .errors import DatasetError
-from .schema import KINDS, dataset_path
-from .trajectory_file import TrajectoryFile
-from .windows import EpisodeWindowDataset, window_loader
+from ...envs.dmc import check_task
+from ...errors import DatasetError
+from ...storage import blob as storage
+from ..schema import KINDS, dataset_path
+from ..trajectory_file import TrajectoryFile
+from ..windows import EpisodeWindowDataset, window_loader
 
 
 def select_episodes(returns: np.ndarray, count: int, randomly: bool, seed: int) -> np.ndarray:

@@ -17,10 +17,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..data.errors import DatasetError
-from ..envs.dmc import EnvSpecError
-from .callbacks import ThroughputMonitor
-from .weights import ARCHITECTURE_KEYS, read_checkpoint
+from ..errors import UserError
+from ..lit.callbacks import ThroughputMonitor
+from ..lit.weights import ARCHITECTURE_KEYS, read_checkpoint
 
 # Shared by both scripts; each adds its own.
 COMMON_FLAGS = {
@@ -135,14 +134,14 @@ def run_cli(module_class, datamodule_class, flags: dict[str, str], switches: dic
                          trainer_defaults={"use_distributed_sampler": False, **trainer_defaults},  # data/windows.py
                          seed_everything_default=123,
                          parser_kwargs={"description": description, "epilog": legacy_help({**COMMON_FLAGS, **flags})})
-    except (DatasetError, EnvSpecError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     path = cli.save_resolved_config()
     logging.getLogger(__name__).info("resolved config written to %s", path)
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
-    except (DatasetError, EnvSpecError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     return cli

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..envs.dmc import CAMERA_BY_DOMAIN, DMCEnv, check_task, make_env
-from .errors import DatasetError
-from .schema import POLICY_KIND, dataset_path
-from .writer import TrajectoryWriter
+from ..data.schema import POLICY_KIND, dataset_path
+from ..data.writer import TrajectoryWriter
+from ..envs.dmc import DMCEnv, make_env
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +108,6 @@ def file_attrs(job: CollectJob, env: DMCEnv) -> dict:
     }
 
 
-def collect_random(job: CollectJob, progress: Callable[[int], None] | None = None) -> str:
-    """Uniformly random actions until at least ``num_steps`` steps, in whole episodes."""
-    if os.path.exists(job.path) and not job.overwrite:
-        raise DatasetError(f"{job.path} already exists; pass --overwrite to replace it, or pick another --replay_id.")
-    env = job_env(job)
-    rng = np.random.default_rng(job.run_seed)
-
-    def act(_obs: np.ndarray) -> np.ndarray:
-        return rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
-
-    return record_to_file(job, env, act, file_attrs(job, env), progress)
-
-
 def job_env(job: CollectJob) -> DMCEnv:
     """The environment a job records in, seeded by its run seed."""
     return make_env(job.domain, job.task, seed=job.run_seed, action_repeat=job.action_repeat, pixels=job.pixels,
@@ -146,13 +129,10 @@ def record_to_file(job: CollectJob, env: DMCEnv, act, attrs: dict, progress) -> 
     return job.path
 
 
-COLLECTORS = {"random": collect_random}
-
-
 _stop_requested = False
 
 
-def _interrupt(*_) -> None:
+def interrupt(*_) -> None:
     """SIGINT/SIGTERM while collecting: stop at the next environment step (``check_stop``); a second signal stops
     at once. Raising KeyboardInterrupt from the handler itself could land inside a finalizer (h5py, MuJoCo), where
     Python drops the exception and the collection would go on."""
@@ -175,69 +155,11 @@ def stop_signals():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    if previous[signal.SIGINT] is not _interrupt:  # outermost: a fresh request
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if previous[signal.SIGINT] is not interrupt:  # outermost: a fresh request
         _stop_requested = False
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _run_job(job: CollectJob, queue=None) -> str:
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    report = (lambda n: queue.put((job.path, n))) if queue is not None else None
-    return COLLECTORS[job.policy](job, report)
-
-
-def collect_many(jobs: list[CollectJob], workers: int = 1, quiet: bool = False) -> list[str]:
-    """Run jobs, ``workers`` at a time in separate processes, with one progress bar per job."""
-    for job in jobs:
-        check_task(job.domain, job.task)
-        if job.policy not in COLLECTORS:
-            raise DatasetError(f"unknown --policy '{job.policy}'; available: {', '.join(COLLECTORS)}")
-        if job.camera_id is None and job.domain in CAMERA_BY_DOMAIN and job.pixels:
-            log.info("%s: rendering from camera %d", job.domain, CAMERA_BY_DOMAIN[job.domain])
-        if os.path.exists(job.path) and not job.overwrite:
-            raise DatasetError(f"{job.path} already exists; pass --overwrite to replace it, or pick another "
-                               "--replay_id.")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with stop_signals(), Progress(*columns, disable=quiet) as bar:
-        tasks = {j.path: bar.add_task(f"{j.domain}-{j.task} s{j.replay_id}", total=j.num_steps) for j in jobs}
-        if workers <= 1:
-            return [_collect_inline(j, bar, tasks[j.path]) for j in jobs]
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")  # GL contexts and forked MuJoCo state do not mix
-        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            queue = manager.Queue()
-            futures = {pool.submit(_run_job, j, queue): j for j in jobs}
-            pending = set(futures)
-            while pending:
-                while not queue.empty():
-                    path, n = queue.get()
-                    bar.advance(tasks[path], n)
-                done = {f for f in pending if f.done()}
-                for f in done:
-                    f.result()  # re-raises a worker's error
-                pending -= done
-                if pending:
-                    check_stop()
-                    time.sleep(0.2)
-            return [f.result() for f in futures]
-
-
-def _collect_inline(job: CollectJob, bar, task_id) -> str:
-    return COLLECTORS[job.policy](job, lambda n: bar.advance(task_id, n))
-
-
-def _register_learned_collectors() -> None:
-    # collect_sac registers "sac" and "checkpoint" (it imports torch only when they run)
-    from . import collect_sac  # noqa: F401
-
-
-_register_learned_collectors()

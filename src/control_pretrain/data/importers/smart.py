@@ -35,10 +35,10 @@ from itertools import pairwise
 
 import numpy as np
 
-from ..envs.dmc import CAMERA_BY_DOMAIN, EnvSpecError, available_tasks, check_task, make_env
-from .errors import DatasetError
-from .schema import DatasetInfo, validate
-from .writer import TrajectoryWriter
+from ...envs.dmc import CAMERA_BY_DOMAIN, available_tasks, check_task, make_env
+from ...errors import DatasetError, EnvSpecError
+from ..schema import DatasetInfo, validate
+from ..writer import TrajectoryWriter
 
 logger = logging.getLogger(__name__)
 

@@ -15,12 +15,13 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from . import storage
-from .cli import load_task_set
-from .errors import DatasetError
-from .schema import KINDS, dataset_path, open_h5
-from .trajectory_file import TrajectoryFile
-from .windows import EpisodeWindowDataset, SlotLayout, window_loader
+from ...errors import DatasetError
+from ...storage import blob as storage
+from ..schema import KINDS, dataset_path, open_h5
+from ..slots import SlotLayout
+from ..task_sets import load_task_set
+from ..trajectory_file import TrajectoryFile
+from ..windows import EpisodeWindowDataset, window_loader
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

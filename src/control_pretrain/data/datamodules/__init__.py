@@ -1,0 +1,1 @@
+"""LightningDataModules: multi-task pretraining windows and single-task finetuning windows."""

@@ -1,0 +1,1 @@
+"""Where dataset bytes live: Azure Blob transport, the verified local cache, folder upload/download."""
