@@ -1,16 +1,23 @@
-"""Finetuning through the real CLI on tiny data: BC and return-conditioned runs end to end, eval_results.json,
-weight-loading rules, data selection, a frozen encoder, and clear errors for checkpoints that do not fit."""
+"""Finetuning through the real CLI on tiny data: BC and return-conditioned runs end to end, eval_results.json
+through ``trainer.test`` on the last and the best checkpoint, the evaluation callback's metrics, weight-loading
+rules, data selection, a frozen encoder in a real fit, and clear errors for checkpoints that do not fit."""
 
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_in_process, run_script, write_synthetic
+from conftest import run_in_process, run_script, scalars, write_synthetic
+from lightning.pytorch import Trainer
 
 import dmc_downstream
 import dmc_pretrain
 from control_pretrain.data.datamodules.downstream import select_episodes
+from control_pretrain.data.slots import SlotLayout
+from control_pretrain.data.trajectory_file import TrajectoryFile
+from control_pretrain.data.windows import EpisodeWindowDataset, window_loader
+from control_pretrain.envs.dmc import make_env
+from control_pretrain.eval.rollout import evaluate
 from control_pretrain.lit.downstream_module import DownstreamModule
 
 TINY_PRETRAIN = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",
@@ -50,7 +57,8 @@ def finetune_args(data_dir, out_dir, *extra):
 
 def test_bc_from_pretrained_end_to_end(pretrained, balance_dir, tmp_path):
     cli, report = run_in_process(dmc_downstream.main, finetune_args(
-        balance_dir, tmp_path, "--model_type", "naive", "--no_load_action", "--load_model_from", str(pretrained)))
+        balance_dir, tmp_path, "--model_type", "naive", "--no_load_action", "--load_model_from", str(pretrained),
+        "--epochs", "2"))
     module = cli.model
     # Sizes came from the checkpoint, not the paper defaults.
     assert (module.hparams.n_layer, module.hparams.n_embd, module.hparams.context_length) == (1, 32, 6)
@@ -59,7 +67,8 @@ def test_bc_from_pretrained_end_to_end(pretrained, balance_dir, tmp_path):
     assert any(n.startswith("model.obs_encoder.") for n in module.loaded)
     assert {n.split(".")[1] for n in module.reinitialised} == {"action_encoder", "bc_objective"}
     # cartpole was seen in pretraining: its observations keep their slot, so the whole state encoder transfers.
-    assert module.obs_slot == (0, 5, 8)
+    assert module.obs_layout == SlotLayout({"cartpole": (0, 5), "pendulum": (5, 3)})
+    assert module.model.config.obs_dim == 8 and module.make_policy().obs_layout is module.obs_layout
     saved = json.loads((tmp_path / "eval_results.json").read_text())
     assert RESULT_KEYS <= saved.keys() and saved == json.loads(json.dumps(report))
     assert saved["pretrained_from"] == str(pretrained) and saved["target_return"] is None
@@ -68,6 +77,25 @@ def test_bc_from_pretrained_end_to_end(pretrained, balance_dir, tmp_path):
     assert saved["ci95"][0] <= saved["mean"] <= saved["ci95"][1]
     assert saved["best"]["checkpoint"].endswith(".ckpt") and len(saved["best"]["returns"]) == 2
     assert (tmp_path / "checkpoints" / "last.ckpt").exists() and (tmp_path / "config.yaml").exists()
+    # The callback logged the selection rollouts after each validation epoch (not in the sanity check).
+    logged = scalars(tmp_path)
+    for key in ("eval/return_mean", "eval/return_std", "eval/return_iqm", "eval/steps_per_sec"):
+        assert len(logged[key]) == 2, key
+    assert saved["best"]["selection_score"] == pytest.approx(max(logged["eval/return_mean"]))
+
+    # trainer.test loaded each checkpoint itself: the module now holds the best checkpoint's weights, and each
+    # report entry is the rollouts of its own checkpoint's weights.
+    best = torch.load(saved["best"]["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    last = torch.load(saved["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.equal(v, best[k]) for k, v in module.state_dict().items())
+    env_kwargs = cli.datamodule.env_kwargs()
+    assert env_kwargs == {"action_repeat": 4, "pixels": False, "height": 84, "width": 84, "camera_id": None,
+                          "fast_render": False}
+    for entry, state in ((saved, last), (saved["best"], best)):
+        module.load_state_dict(state)
+        res = evaluate(module.eval().make_policy(), lambda s: make_env("cartpole", "balance", seed=s, **env_kwargs),
+                       entry["seeds"])
+        np.testing.assert_allclose(entry["returns"], res.returns, rtol=1e-6)
 
 
 def test_return_conditioned_from_scratch(balance_dir, tmp_path):
@@ -105,23 +133,31 @@ def test_selection_top_and_random():
     assert len(select_episodes(returns, 0, randomly=False, seed=0)) == 1  # at least one episode
 
 
-def test_frozen_encoder_stays_put_and_the_rest_learns(tmp_path):
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_real_fit_moves_the_right_weights(tmp_path, freeze):
+    """A tiny Trainer fit (the real optimiser step and its hooks): a frozen encoder stays put and everything else
+    learns; the EMA target encoder never moves in finetuning (no forward-dynamics objective), though the update
+    would move it once the online encoder has moved."""
     write_synthetic(tmp_path / "a.h5", [20, 20], obs_dim=5, action_dim=1)
+    torch.manual_seed(0)
     module = DownstreamModule(domain="cartpole", task="balance", obs_type="state", obs_dim=5, action_dim=1,
-                              n_layer=1, n_head=2, n_embd=32, context_length=6, dropout=0.0, freeze_encoder=True)
+                              n_layer=1, n_head=2, n_embd=32, context_length=6, dropout=0.0, freeze_encoder=freeze,
+                              lr=1e-2, lr_schedule="constant")
     module.train()
-    assert not module.model.obs_encoder.training
-    from control_pretrain.data.trajectory_file import TrajectoryFile
-    from control_pretrain.data.windows import EpisodeWindowDataset
-
-    batch = EpisodeWindowDataset([TrajectoryFile(str(tmp_path / "a.h5"))], 6).__getitems__(np.arange(8))
+    assert module.model.obs_encoder.training != freeze
+    loader = window_loader(EpisodeWindowDataset([TrajectoryFile(str(tmp_path / "a.h5"))], 6), 8, 0, shuffle=True)
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    module.compute_losses(batch)["loss"].backward()
-    opt.step()
+    trainer = Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == 3
     for name, p in module.named_parameters():
         moved = not torch.equal(before[name], p)
-        if name.startswith(("model.obs_encoder.", "model.target_obs_encoder.")):
+        if name.startswith("model.target_obs_encoder.") or (freeze and name.startswith("model.obs_encoder.")):
             assert not moved, name
         elif name not in ("model.mask_token",):  # the mask token is only used by masked pretraining
             assert moved, name
+    if not freeze:  # the test has power: had the EMA hook run, the target would have followed the encoder
+        module.model.update_target(0.5)
+        assert not torch.equal(before["model.target_obs_encoder.net.0.weight"],
+                               module.model.target_obs_encoder.net[0].weight)
