@@ -2,17 +2,20 @@
 through ``trainer.test`` on the last and the best checkpoint, the evaluation callback's metrics, weight-loading
 rules, data selection, a frozen encoder in a real fit, and clear errors for checkpoints that do not fit."""
 
+import inspect
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_in_process, run_script, scalars, write_synthetic
+import yaml
+from conftest import ROOT, run_in_process, run_script, scalars, write_synthetic
 from lightning.pytorch import Trainer
 
 import dmc_downstream
 import dmc_pretrain
-from control_pretrain.data.datamodules.downstream import select_episodes
+from control_pretrain.data.datamodules.downstream import DownstreamDataModule, select_episodes
 from control_pretrain.data.slots import SlotLayout
 from control_pretrain.data.trajectory_file import TrajectoryFile
 from control_pretrain.data.windows import EpisodeWindowDataset, window_loader
@@ -98,11 +101,14 @@ def test_bc_from_pretrained_end_to_end(pretrained, balance_dir, tmp_path):
         np.testing.assert_allclose(entry["returns"], res.returns, rtol=1e-6)
 
 
-def test_return_conditioned_from_scratch(balance_dir, tmp_path):
-    cli, report = run_in_process(dmc_downstream.main, finetune_args(
-        balance_dir, tmp_path, "--model_type", "reward_conditioned", "--rand_select", "--model.n_layer", "1",
-        "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6"))
+def test_return_conditioned_from_scratch_with_the_rtg_preset(balance_dir, tmp_path):
+    cli, report = run_in_process(dmc_downstream.main, ["--config", os.path.join(ROOT, "configs/downstream/rtg.yaml"),
+                                                       *finetune_args(balance_dir, tmp_path, "--model.n_layer", "1",
+                                                       "--model.n_embd", "32", "--model.n_head", "2",
+                                                       "--context_length", "6")])  # fmt: skip
     assert report["pretrained_from"] is None and cli.model.loaded == []
+    assert report["model_type"] == "reward_conditioned" and cli.model.hparams.no_load_action  # from the preset
+    assert cli.datamodule.hparams.select_rate == 0.5  # a flag after --config overrides the preset
     assert report["target_return"] == 1000  # the reference table's cartpole_balance target
     assert cli.datamodule.hparams.rand_select
     assert "rtg_objective" in dict(cli.model.objectives.named_children())
@@ -123,6 +129,16 @@ def test_checkpoint_that_does_not_fit_is_a_clear_error(pretrained, balance_dir, 
     res = run_script("dmc_downstream.py", *finetune_args(pix, tmp_path, "--obs_type", "pixels",
                                                          "--load_model_from", str(pretrained)))
     assert res.returncode == 2 and "obs_type: checkpoint 'state', this run 'pixels'" in res.stderr
+
+
+@pytest.mark.parametrize("preset", ["bc", "rtg", "few_shot"])
+def test_presets_name_only_real_arguments(preset):
+    with open(os.path.join(ROOT, "configs", "downstream", f"{preset}.yaml")) as f:
+        config = yaml.safe_load(f)
+    assert set(config) == {"model", "data"}
+    assert set(config["model"]) <= set(inspect.signature(DownstreamModule).parameters)
+    assert set(config["data"]) <= set(inspect.signature(DownstreamDataModule).parameters)
+    assert not set(config["model"]) & {"n_layer", "n_head", "n_embd", "context_length"}  # the checkpoint's
 
 
 def test_selection_top_and_random():
