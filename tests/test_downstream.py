@@ -105,10 +105,11 @@ def test_return_conditioned_from_scratch_with_the_rtg_preset(balance_dir, tmp_pa
     cli, report = run_in_process(dmc_downstream.main, ["--config", os.path.join(ROOT, "configs/downstream/rtg.yaml"),
                                                        *finetune_args(balance_dir, tmp_path, "--model.n_layer", "1",
                                                        "--model.n_embd", "32", "--model.n_head", "2",
-                                                       "--context_length", "6")])  # fmt: skip
+                                                       "--context_length", "6", "--video")])  # fmt: skip
     assert report["pretrained_from"] is None and cli.model.loaded == []
     assert report["model_type"] == "reward_conditioned" and cli.model.hparams.no_load_action  # from the preset
     assert cli.datamodule.hparams.select_rate == 0.5  # a flag after --config overrides the preset
+    assert (tmp_path / "videos" / "eval_episode0.mp4").stat().st_size > 1000  # --video: the first test episode
     assert report["target_return"] == 1000  # the reference table's cartpole_balance target
     assert cli.datamodule.hparams.rand_select
     assert "rtg_objective" in dict(cli.model.objectives.named_children())
