@@ -22,6 +22,7 @@ from control_pretrain.data.windows import EpisodeWindowDataset, window_loader
 from control_pretrain.envs.dmc import make_env
 from control_pretrain.eval.rollout import evaluate
 from control_pretrain.lit.downstream_module import DownstreamModule
+from control_pretrain.lit.weights import forget_pretrained, read_pretrained
 
 TINY_PRETRAIN = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",
                  "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.limit_train_batches", "2",
@@ -113,6 +114,17 @@ def test_return_conditioned_from_scratch_with_the_rtg_preset(balance_dir, tmp_pa
     assert report["target_return"] == 1000  # the reference table's cartpole_balance target
     assert cli.datamodule.hparams.rand_select
     assert "rtg_objective" in dict(cli.model.objectives.named_children())
+
+
+def test_the_pretraining_checkpoint_is_read_once(pretrained):
+    """The CLI's read (model sizes) and the module's (layout, weights) share one ``torch.load``."""
+    first = read_pretrained(str(pretrained))
+    assert read_pretrained(str(pretrained)) is first  # the second read is the same object: no second load
+    assert first.model_config["n_embd"] == 32 and any(k.startswith("model.blocks.") for k in first.state_dict)
+    assert first.obs_layout == SlotLayout({"cartpole": (0, 5), "pendulum": (5, 3)})
+    forget_pretrained()  # released after loading: the next run reads the file again
+    assert read_pretrained(str(pretrained)) is not first
+    forget_pretrained()
 
 
 def test_checkpoint_that_does_not_fit_is_a_clear_error(pretrained, balance_dir, tmp_path):
