@@ -34,7 +34,7 @@ K = 30
 
 
 def build_policy():
-    from control_pretrain.eval.rollout import make_policy
+    from control_pretrain.eval.policies import BehaviorCloningPolicy
     from control_pretrain.models.control_transformer import ControlTransformer, ControlTransformerConfig
     from control_pretrain.objectives import BehaviorCloningObjective
 
@@ -42,7 +42,7 @@ def build_policy():
     config = ControlTransformerConfig(obs_type="state", obs_dim=17, action_dim=6, n_layer=4, n_head=4, n_embd=128,
                                       context_length=K, dropout=0.1)
     model, head = ControlTransformer(config).eval(), BehaviorCloningObjective(128, 6).eval()
-    return make_policy(model, head), model.num_params()
+    return BehaviorCloningPolicy(model, head), model.num_params()
 
 
 def cheetah(seed):
@@ -120,8 +120,8 @@ def main() -> None:
     ceiling = env_only(seeds, args.steps)
     for threads in dict.fromkeys(args.threads):
         torch.set_num_threads(threads)
-        batched = evaluate(policy, cheetah, seeds, K, max_steps=args.steps)
-        singles = [evaluate(policy, cheetah, [s], K, max_steps=args.steps) for s in seeds]
+        batched = evaluate(policy, cheetah, seeds, max_steps=args.steps)
+        singles = [evaluate(policy, cheetah, [s], max_steps=args.steps) for s in seeds]
         seq_steps = sum(int(r.lengths.sum()) for r in singles)
         seq_wall = sum(r.wall_time_s for r in singles)
         b_rate, s_rate = batched.steps_per_sec, seq_steps / seq_wall

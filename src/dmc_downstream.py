@@ -5,7 +5,8 @@ The original README's commands run verbatim, e.g. ``python src/dmc_downstream.py
 ./outputs/pretrain_explore/checkpoints/last.ckpt --output_dir ./outputs/cheetah_run_bc/``; without
 ``--load_model_from`` the same model trains from scratch. Model sizes default to the checkpoint's. After training,
 the last and the best checkpoint are evaluated in dm_control on held-out seeds and written to
-``{output_dir}/eval_results.json``.
+``{output_dir}/eval_results.json``. Presets: ``--config configs/downstream/bc.yaml`` (also ``rtg.yaml``,
+``few_shot.yaml``), with any flag after it overriding the preset.
 """
 
 import sys
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None):
     cli = run_cli(DownstreamModule, DownstreamDataModule, FLAGS, SWITCHES,
                   trainer_defaults={"max_epochs": 30, "gradient_clip_val": 1.0, "default_root_dir": "outputs/downstream"},
                   description=__doc__, argv=argv, downstream=True)
-    report = final_report(cli.model, cli.trainer, cli.trainer.default_root_dir)
+    report = final_report(cli.trainer, cli.model, cli.datamodule, cli.trainer.default_root_dir)
     if cli.trainer.is_global_zero:
         best = report.get("best", {})
         print(f"{report['domain']}-{report['task']} {report['model_type']}: last checkpoint return "

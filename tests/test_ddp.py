@@ -12,6 +12,8 @@ from conftest import ROOT, run_script, scalars
 
 from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.data.windows import ShardedSampler
+from control_pretrain.envs.dmc import make_env
+from control_pretrain.eval.rollout import evaluate
 from control_pretrain.lit.downstream_module import DownstreamModule
 from control_pretrain.lit.pretrain_module import PretrainModule
 
@@ -125,10 +127,12 @@ def test_evaluation_episodes_are_split_across_ranks_and_gathered_in_seed_order(c
     assert report["seeds"] == [2000, 2001, 2002] and len(report["returns"]) == 3
 
     # The same checkpoint, the same two batches of episodes, in one process: identical returns, in seed order.
-    module = DownstreamModule.load_from_checkpoint(report["checkpoint"], map_location="cpu")
-    module.env_kwargs = {"action_repeat": 4, "pixels": False, "height": 84, "width": 84, "camera_id": None,
-                         "fast_render": False}
-    even, odd = module.rollouts([2000, 2002]).returns, module.rollouts([2001]).returns
+    policy = DownstreamModule.load_from_checkpoint(report["checkpoint"], map_location="cpu").eval().make_policy()
+
+    def cartpole(seed):
+        return make_env("cartpole", "swingup", seed=seed, action_repeat=4)
+
+    even, odd = evaluate(policy, cartpole, [2000, 2002]).returns, evaluate(policy, cartpole, [2001]).returns
     np.testing.assert_allclose(report["returns"], [even[0], odd[0], even[1]], rtol=1e-6)
     assert len(set(report["returns"])) == 3  # three different episodes, not one repeated
 

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from control_pretrain.data.slots import SlotLayout
 from control_pretrain.envs.dmc import DMCEnv, make_env
-from control_pretrain.eval.rollout import Slot, evaluate, make_policy
+from control_pretrain.eval.policies import BehaviorCloningPolicy, Policy, ReturnConditionedPolicy
+from control_pretrain.eval.rollout import evaluate
 from control_pretrain.eval.stats import TARGET_RETURNS, bootstrap_ci, iqm, summarize, target_return_for
 from control_pretrain.models.control_transformer import ControlTransformer, ControlTransformerConfig
 from control_pretrain.objectives import BehaviorCloningObjective, ReturnConditionedObjective
@@ -24,6 +26,12 @@ def tiny_policy(kind: str = "bc", obs_type: str = "state", obs_dim: int = OBS_DI
     with torch.no_grad():  # actions of std ~0.5 (not ~0.02 as at init), so the episodes really move
         objective.head.weight.mul_(0.5 / (0.02 * objective.head.in_features**0.5))
     return model.eval(), objective.eval()
+
+
+def as_policy(model, objective, target_return: float | None = None, **layouts):
+    if target_return is None:
+        return BehaviorCloningPolicy(model, objective, **layouts)
+    return ReturnConditionedPolicy(model, objective, target_return, **layouts)
 
 
 @pytest.fixture(autouse=True)
@@ -58,8 +66,7 @@ def training_window(ep: dict, start: int, arbitrary_last_action: bool, rng) -> d
 def test_rollout_context_equals_training_context(kind):
     model, objective = tiny_policy(kind)
     target = 850.0 if kind == "rtg" else None
-    res = evaluate(make_policy(model, objective), cheetah, seeds=[0, 1], context_length=K, target_return=target,
-                   max_steps=40, keep_history=True)
+    res = evaluate(as_policy(model, objective, target), cheetah, seeds=[0, 1], max_steps=40, keep_history=True)
     rng = np.random.default_rng(0)
     for ep in res.histories:
         assert len(ep["actions"]) == 40 and np.abs(ep["actions"]).max() > 0.1
@@ -88,21 +95,22 @@ def test_batched_equals_one_at_a_time():
     model, objective = tiny_policy("rtg")
     model, objective = model.double(), objective.double()
 
-    def policy64(batch):
-        return objective.predict_actions(model, {k: v.double() if v.is_floating_point() else v
-                                                 for k, v in batch.items()})
+    class Float64Policy(ReturnConditionedPolicy):  # a policy class of its own, as later methods will add
+        def __call__(self, batch):
+            return super().__call__({k: v.double() if v.is_floating_point() else v for k, v in batch.items()})
 
+    policy64 = Float64Policy(model, objective, 850.0)
     seeds = [3, 4, 5]
-    batched = evaluate(policy64, cheetah, seeds, context_length=K, target_return=850.0)
-    single = [evaluate(policy64, cheetah, [s], context_length=K, target_return=850.0) for s in seeds]
+    batched = evaluate(policy64, cheetah, seeds)
+    single = [evaluate(policy64, cheetah, [s]) for s in seeds]
     np.testing.assert_array_equal(batched.lengths, [250, 250, 250])
     np.testing.assert_allclose(batched.returns, [r.returns[0] for r in single], rtol=1e-9)
     assert batched.seeds == seeds and batched.steps_per_sec > 0
     assert len(set(np.round(batched.returns, 3))) == 3  # different seeds, different episodes
 
-    policy = make_policy(*tiny_policy("bc"))
-    batched = evaluate(policy, cheetah, seeds, K, max_steps=30)
-    single = [evaluate(policy, cheetah, [s], K, max_steps=30).returns[0] for s in seeds]
+    policy = as_policy(*tiny_policy("bc"))
+    batched = evaluate(policy, cheetah, seeds, max_steps=30)
+    single = [evaluate(policy, cheetah, [s], max_steps=30).returns[0] for s in seeds]
     np.testing.assert_allclose(batched.returns, single, rtol=1e-5)
 
 
@@ -125,8 +133,7 @@ def test_one_reset_per_episode_seeded_initial_states_and_rtg():
         return envs[-1]
 
     seeds = [0, 1, 2, 0]
-    res = evaluate(make_policy(model, objective), make, seeds, K, target_return=500.0, max_steps=12,
-                   keep_history=True)
+    res = evaluate(as_policy(model, objective, 500.0), make, seeds, max_steps=12, keep_history=True)
     assert [e.seed for e in envs] == seeds and [e.resets for e in envs] == [1, 1, 1, 1]
     first = [ep["observations"][0] for ep in res.histories]
     for s, o in zip(seeds, first):
@@ -143,25 +150,30 @@ def test_one_reset_per_episode_seeded_initial_states_and_rtg():
 
 
 def test_slots_and_video():
-    obs_slot, action_slot = Slot(5, OBS_DIM, OBS_DIM + 9), Slot(2, ACTION_DIM, ACTION_DIM + 3)
-    model, objective = tiny_policy("bc", obs_dim=obs_slot.total, action_dim=action_slot.total)
-    res = evaluate(make_policy(model, objective), cheetah, [7], K, obs_slot=obs_slot, action_slot=action_slot,
+    # cheetah's observation at [5, 22) of 26 values, its action at [2, 8) of 9 (other domains around it).
+    obs_layout = SlotLayout.from_sizes([("walker", 5), ("cheetah", OBS_DIM), ("hopper", 4)])
+    action_layout = SlotLayout.from_sizes([("walker", 2), ("cheetah", ACTION_DIM), ("hopper", 1)])
+    model, objective = tiny_policy("bc", obs_dim=obs_layout.size, action_dim=action_layout.size)
+    res = evaluate(as_policy(model, objective, obs_layout=obs_layout, action_layout=action_layout), cheetah, [7],
                    max_steps=5, record_video=True, keep_history=True)
     ep = res.histories[0]
-    assert ep["observations"].shape == (5, obs_slot.total) and ep["actions"].shape == (5, action_slot.total)
+    assert ep["observations"].shape == (5, 26) and ep["actions"].shape == (5, 9)
     np.testing.assert_array_equal(ep["observations"][0, 5:22], make_env("cheetah", "run", seed=7).reset())
     assert not ep["observations"][:, :5].any() and not ep["observations"][:, 22:].any()
     assert not ep["actions"][:, :2].any() and not ep["actions"][:, 8:].any() and ep["actions"][:, 2:8].any()
     assert res.frames.shape == (5, 3, 84, 84) and res.frames.dtype == np.uint8 and res.frames.std() > 0
-    with pytest.raises(ValueError, match="slot"):
-        evaluate(make_policy(model, objective), cheetah, [7], K, obs_slot=Slot(0, 5, 26), max_steps=1)
+    with pytest.raises(ValueError, match="slot"):  # cheetah's slot is 5 wide, its observation 17
+        evaluate(as_policy(model, objective, obs_layout=SlotLayout.from_sizes([("cheetah", 5), ("walker", 21)]),
+                           action_layout=action_layout), cheetah, [7], max_steps=1)
+    with pytest.raises(ValueError, match="slot"):  # no slot for cheetah at all
+        evaluate(as_policy(model, objective, obs_layout=SlotLayout.single("walker", 26),
+                           action_layout=action_layout), cheetah, [7], max_steps=1)
 
 
 def test_pixel_rollout_context_equals_training_context():
     model, objective = tiny_policy("bc", obs_type="pixels")
-    res = evaluate(make_policy(model, objective), lambda s: make_env("cheetah", "run", s, pixels=True,
-                   fast_render=True), [0, 1], K, obs_type="pixels", max_steps=K + 3, keep_history=True,
-                   record_video=True)  # fmt: skip
+    res = evaluate(as_policy(model, objective), lambda s: make_env("cheetah", "run", s, pixels=True,
+                   fast_render=True), [0, 1], max_steps=K + 3, keep_history=True, record_video=True)  # fmt: skip
     ep, rng = res.histories[0], np.random.default_rng(0)
     assert ep["pixels"].dtype == np.uint8 and ep["pixels"].shape == (K + 3, 3, 84, 84)
     np.testing.assert_array_equal(res.frames, ep["pixels"])
@@ -175,7 +187,25 @@ def test_pixel_rollout_context_equals_training_context():
 def test_policy_must_be_in_eval_mode():
     model, objective = tiny_policy()
     with pytest.raises(RuntimeError, match="eval"):
-        evaluate(make_policy(model.train(), objective), cheetah, [0], K, max_steps=1)
+        evaluate(as_policy(model.train(), objective), cheetah, [0], max_steps=1)
+    with pytest.raises(RuntimeError, match="eval"):
+        evaluate(as_policy(model.eval(), objective.train(), 850.0), cheetah, [0], max_steps=1)
+
+
+@pytest.mark.parametrize("kind", ["bc", "rtg"])
+def test_policy_objects_tell_the_engine_what_it_needs_and_predict_as_the_objective(kind):
+    model, objective = tiny_policy(kind)
+    policy = as_policy(model, objective, 850.0 if kind == "rtg" else None)
+    assert isinstance(policy, Policy)
+    assert (policy.context_length, policy.obs_type, policy.device) == (K, "state", torch.device("cpu"))
+    assert policy.target_return == (850.0 if kind == "rtg" else None)
+    torch.manual_seed(1)
+    batch = {"observations": torch.randn(3, 5, OBS_DIM), "actions": torch.randn(3, 4, ACTION_DIM),
+             "timesteps": torch.arange(5).expand(3, 5), "rtg": torch.rand(3, 5) * 800}
+    with torch.no_grad():
+        expected = objective.predict_actions(model, batch)  # (3, 5, A): what make_policy returned before
+        np.testing.assert_array_equal(policy(batch).numpy(), expected.numpy())
+    assert expected.shape == (3, 5, ACTION_DIM) and expected.abs().max() > 0.1
 
 
 # ---- statistics --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from conftest import write_synthetic
 from torch.utils.data import DataLoader
 
 from control_pretrain.data.episodes import EpisodeIndex
+from control_pretrain.data.slots import SlotLayout
 from control_pretrain.data.trajectory_file import TrajectoryFile
 from control_pretrain.data.windows import EpisodeWindowDataset, passthrough_collate
 from control_pretrain.errors import DatasetError
@@ -47,6 +48,24 @@ def test_slot_layout_pads_each_domain_into_its_own_slice(two_files):
     assert torch.all(batch["actions"][walker][..., 0] == 0) and torch.all(batch["observations"][walker][..., :3] == 0)
     assert torch.all(batch["observations"][~walker][..., 3:] == 0)
     assert set(batch["task_id"].tolist()) == {0, 1}
+
+
+def test_one_slot_layout_for_arrays_tensors_and_checkpoints(two_files):
+    """The layout the dataset pads with is the one rollouts and finetuning place observations with."""
+    files, _ = two_files
+    ds = EpisodeWindowDataset(files, K)
+    layout = SlotLayout.from_dict(ds.obs_layout.to_dict())  # as a checkpoint stores and finetuning reads it
+    assert layout == ds.obs_layout and layout.fits("walker", 4) and not layout.fits("walker", 3)
+    assert not layout.fits("cheetah", 4)
+    walker = ds.__getitems__(np.arange(len(ds)))
+    walker_rows = walker["domain_id"] == 1
+    own = walker["observations"][walker_rows][..., 3:]  # (n, K, 4): walker's own observations
+    placed = layout.place("walker", own)  # a tensor stays a tensor, same dtype
+    assert isinstance(placed, torch.Tensor) and placed.dtype == own.dtype
+    assert torch.equal(placed, walker["observations"][walker_rows])
+    np.testing.assert_array_equal(layout.place("walker", own.numpy()), placed.numpy())  # numpy: float32 too
+    assert torch.equal(layout.take("walker", placed), own)
+    assert SlotLayout.single("cartpole", 3).slots == {"cartpole": (0, 3)}
 
 
 def test_returns_to_go_and_timesteps_match_a_naive_reference():

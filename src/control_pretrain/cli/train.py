@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..errors import UserError
 from ..lit.callbacks import ThroughputMonitor
-from ..lit.weights import ARCHITECTURE_KEYS, read_checkpoint
+from ..lit.weights import ARCHITECTURE_KEYS, read_pretrained
 
 # Shared by both scripts; each adds its own.
 COMMON_FLAGS = {
@@ -103,7 +103,7 @@ class DownstreamCLI(ControlCLI):
         parser.link_arguments("data.task", "model.task")
         ckpt = argv_value(sys.argv, "--model.load_model_from")
         if ckpt:
-            config = read_checkpoint(ckpt).get("model_config", {})
+            config = read_pretrained(ckpt).model_config  # the module reuses this read (lit/weights.py)
             parser.set_defaults({f"model.{k}": config[k] for k in ARCHITECTURE_KEYS + ("max_timestep",)
                                  if k in config})
 

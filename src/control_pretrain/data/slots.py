@@ -48,12 +48,18 @@ class SlotLayout:
     def to_dict(self) -> dict[str, list[int]]:
         return {d: [o, s] for d, (o, s) in self.slots.items()}
 
-    def place(self, domain: str, x: np.ndarray) -> np.ndarray:
-        """(..., size of ``domain``) -> (..., ``self.size``), zero outside the domain's slot."""
+    def place(self, domain: str, x):
+        """(..., size of ``domain``) -> (..., ``self.size``), zero outside the domain's slot. NumPy arrays come
+        back float32 (the dataset's dtype); tensors keep their dtype and device (training batches, rollouts)."""
         offset, size = self.slots[domain]
-        out = np.zeros((*x.shape[:-1], self.size), np.float32)
+        shape = (*x.shape[:-1], self.size)
+        out = x.new_zeros(shape) if hasattr(x, "new_zeros") else np.zeros(shape, np.float32)
         out[..., offset : offset + size] = x
         return out
+
+    def fits(self, domain: str, size: int) -> bool:
+        """Whether ``domain`` has a slot of exactly ``size`` values."""
+        return domain in self.slots and self.slots[domain][1] == size
 
     def take(self, domain: str, y):
         """The domain's slice of (..., ``self.size``) arrays or tensors."""

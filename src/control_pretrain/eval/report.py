@@ -1,7 +1,8 @@
-"""The final report of a finetuning run: evaluate the last and the best checkpoint on held-out test seeds and
-write ``{output_dir}/eval_results.json`` (DESIGN.md). The top level describes the **last** checkpoint, which
-involves no selection; ``best`` holds the checkpoint picked by ``eval/return_mean`` on the selection seeds
-(CORL-style: report both)."""
+"""The final report of a finetuning run: ``trainer.test`` on the last and on the best checkpoint (Lightning loads
+each one; the ``RolloutEvaluation`` callback runs the held-out test seeds), written to
+``{output_dir}/eval_results.json`` (DESIGN.md "Outputs of a run") atomically by rank 0. The top level describes
+the **last** checkpoint, which involves no selection; ``best`` holds the checkpoint picked by ``eval/return_mean``
+on the selection seeds (CORL-style: report both)."""
 
 from __future__ import annotations
 
@@ -9,47 +10,63 @@ import json
 import logging
 import os
 
-import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
+from .callback import RolloutEvaluation
 from .stats import summarize
 
 log = logging.getLogger(__name__)
 
 
-def _entry(module, checkpoint: str | None) -> dict:
-    res = module.rollouts(module.test_seeds())
+def evaluation_callback(trainer: Trainer) -> RolloutEvaluation:
+    found = [cb for cb in trainer.callbacks if isinstance(cb, RolloutEvaluation)]
+    if not found:
+        raise RuntimeError("the trainer has no RolloutEvaluation callback (the module's configure_callbacks adds it)")
+    return found[0]
+
+
+def report_entry(trainer: Trainer, module: LightningModule, datamodule: LightningDataModule,
+                    checkpoint: str | None) -> dict:
+    """The report entry of one checkpoint (None: the module's current weights) on the test seeds."""
+    trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    res = evaluation_callback(trainer).test_results
     return {"checkpoint": checkpoint, "seeds": res.seeds, **summarize(res.returns),
             "steps_per_sec": res.steps_per_sec}
 
 
-def final_report(module, trainer, output_dir: str) -> dict:
+def final_report(trainer: Trainer, module: LightningModule, datamodule: LightningDataModule,
+                 output_dir: str) -> dict:
     hp = module.hparams
     ckpt_cb = trainer.checkpoint_callback
-    last_path = ckpt_cb.last_model_path if ckpt_cb is not None else None
-    last = _entry(module, last_path or None)
+    last_path = (ckpt_cb.last_model_path if ckpt_cb is not None else "") or None
+    last = report_entry(trainer, module, datamodule, last_path)
     if hp.video and trainer.is_global_zero:
-        write_video(module, os.path.join(output_dir, "videos", "eval_episode0.mp4"))
+        write_video(trainer, module, os.path.join(output_dir, "videos", "eval_episode0.mp4"))
     report = {"domain": hp.domain, "task": hp.task, "model_type": hp.model_type,
               "pretrained_from": hp.load_model_from, "target_return": module.target_return, **last,
-              "selection_seeds": module.selection_seeds(), "data": trainer.datamodule.selection_summary()}
+              "selection_seeds": module.selection_seeds(), "data": datamodule.selection_summary()}
     best_path = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     if best_path and os.path.exists(best_path):
-        module.load_state_dict(torch.load(best_path, map_location=module.device, weights_only=False)["state_dict"])
-        report["best"] = _entry(module, best_path)
+        report["best"] = report_entry(trainer, module, datamodule, best_path)
         report["best"]["selection_score"] = float(ckpt_cb.best_model_score)
-    path = os.path.join(output_dir, "eval_results.json")
     if trainer.is_global_zero:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(tmp, path)
+        write_json_atomically(report, os.path.join(output_dir, "eval_results.json"))
     return report
 
 
-def write_video(module, path: str) -> None:
+def write_json_atomically(obj: dict, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def write_video(trainer: Trainer, module: LightningModule, path: str) -> None:
+    """An mp4 of the first test episode, run on this rank alone (no gathering)."""
     import imageio
 
-    res = module.rollouts(module.test_seeds()[:1], record_video=True)
+    cb = evaluation_callback(trainer)
+    res = cb.rollouts(trainer, module, cb.test_seeds[:1], record_video=True)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     imageio.mimwrite(path, res.frames.transpose(0, 2, 3, 1), fps=30, macro_block_size=4)
     log.info("video of one evaluation episode written to %s", path)

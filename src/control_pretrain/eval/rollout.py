@@ -23,30 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from ..data.slots import SlotLayout
 from ..envs.dmc import DMCEnv
-
-PolicyFn = Callable[[dict[str, Tensor]], Tensor]  # batch -> (B, T, A) predictions, one per observation token
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where one domain's vector sits in a concatenated multi-domain vector (``data.windows.SlotLayout``):
-    ``size`` values at ``offset`` of a ``total``-wide vector that is zero elsewhere."""
-
-    offset: int
-    size: int
-    total: int
-
-    def place(self, x: np.ndarray) -> np.ndarray:
-        """(N, size) -> (N, total), zero outside the slot."""
-        out = np.zeros((x.shape[0], self.total), np.float32)
-        out[:, self.offset : self.offset + self.size] = x
-        return out
-
-    def take(self, y: np.ndarray) -> np.ndarray:
-        return y[..., self.offset : self.offset + self.size]
+from .policies import Policy
 
 
 @dataclass
@@ -64,85 +44,68 @@ class EpisodeResults:
     histories: list[dict[str, np.ndarray]] | None = None
 
 
-def make_policy(model: torch.nn.Module, objective: torch.nn.Module) -> PolicyFn:
-    """A ``policy_fn`` from a ``ControlTransformer`` and a policy objective (``predict_actions``)."""
-
-    def policy_fn(batch: dict[str, Tensor]) -> Tensor:
-        if model.training or objective.training:
-            raise RuntimeError("call .eval() on the model and the objective first: dropout makes the policy random")
-        return objective.predict_actions(model, batch)
-
-    return policy_fn
-
-
-def _slot(slot: Slot | tuple[int, int, int] | None, size: int, what: str) -> Slot:
-    slot = Slot(0, size, size) if slot is None else slot if isinstance(slot, Slot) else Slot(*slot)
-    if slot.size != size or slot.offset + slot.size > slot.total:
-        raise ValueError(f"{what} slot {slot} does not fit the environment's {what} width {size}")
-    return slot
+def _layout(layout: SlotLayout | None, domain: str, size: int, what: str) -> SlotLayout:
+    """The policy's layout, or the env's own width; a layout without a ``size``-wide slot for ``domain`` is an
+    error (a model of another domain mix, or another observation size)."""
+    layout = SlotLayout.single(domain, size) if layout is None else layout
+    if not layout.fits(domain, size):
+        raise ValueError(f"{what} slot layout {layout.slots} has no {size}-wide slot for domain '{domain}' "
+                         f"(the environment's {what} width)")
+    return layout
 
 
 @torch.inference_mode()
 def evaluate(
-    policy_fn: PolicyFn,
+    policy: Policy,
     make_env_fn: Callable[[int], DMCEnv],
     seeds: Sequence[int],
-    context_length: int,
-    obs_type: str = "state",
-    target_return: float | None = None,
-    device: str | torch.device = "cpu",
-    obs_slot: Slot | tuple[int, int, int] | None = None,
-    action_slot: Slot | tuple[int, int, int] | None = None,
     max_steps: int | None = None,
     record_video: bool = False,
     keep_history: bool = False,
 ) -> EpisodeResults:
-    """Run one episode per seed, all side by side, with one batched ``policy_fn`` call per time step.
+    """Run one episode per seed, all side by side, with one batched ``policy`` call per time step.
 
     Args:
-        policy_fn: batch -> (B, T, A) action predictions at every observation token (``make_policy``); the model
-            must be in eval mode. Batch keys: ``observations`` (B, T, D) float32 or ``pixels`` (B, T, 3, H, W)
-            uint8, ``actions`` (B, T-1, A), ``timesteps`` (B, T) int64, and ``rtg`` (B, T) float32 in RTG mode.
+        policy: a ``Policy`` (eval/policies.py): batch -> (B, T, A) action predictions at every observation token,
+            plus its context length, observation kind, target return (None: behaviour cloning, no ``rtg`` key),
+            slot layouts (None: the env's own widths) and device (the context buffers are kept there).
         make_env_fn: seed -> a fresh ``DMCEnv`` (made with ``pixels=True`` for pixel policies).
         seeds: one environment seed per episode (the number of episodes is ``len(seeds)``).
-        context_length: K, the model's window.
-        obs_type: "state" (flat observations) or "pixels" (``env.render()`` frames).
-        target_return: RTG mode: the first return-to-go; None: behaviour cloning (no ``rtg`` key).
-        device: where the model lives; the context buffers are kept there.
-        obs_slot / action_slot: ``Slot(offset, size, total)`` of this domain in a multi-domain model's
-            concatenated layout (default: the env's own widths).
         max_steps: stop every episode after this many steps (default: at the environment's time limit).
         record_video: keep the frames of the first episode (``EpisodeResults.frames``).
         keep_history: keep every episode's inputs (``EpisodeResults.histories``; tests and debugging).
     """
+    obs_type, target_return, device = policy.obs_type, policy.target_return, policy.device
     if obs_type not in ("state", "pixels"):
         raise ValueError(f"obs_type must be 'state' or 'pixels', got {obs_type!r}")
-    seeds, K = [int(s) for s in seeds], int(context_length)
+    seeds, K = [int(s) for s in seeds], int(policy.context_length)
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
     envs = [make_env_fn(s) for s in seeds]
     N, rtg_mode, pixels = len(envs), target_return is not None, obs_type == "pixels"
-    if pixels and obs_slot is not None:
-        raise ValueError("obs_slot only applies to state observations")
-    obs_slot = None if pixels else _slot(obs_slot, envs[0].obs_dim, "observation")
-    action_slot = _slot(action_slot, envs[0].action_dim, "action")
+    domain = envs[0].domain
+    if pixels and policy.obs_layout is not None:
+        raise ValueError("an observation slot layout only applies to state observations")
+    obs_layout = None if pixels else _layout(policy.obs_layout, domain, envs[0].obs_dim, "observation")
+    action_layout = _layout(policy.action_layout, domain, envs[0].action_dim, "action")
+    a_offset, a_size = action_layout.slots[domain]
 
     def observe(i: int, flat_obs: np.ndarray) -> np.ndarray:
-        return envs[i].render() if pixels else obs_slot.place(flat_obs[None])[0]
+        return envs[i].render() if pixels else obs_layout.place(domain, flat_obs)
 
     start = time.perf_counter()
     obs = [observe(i, env.reset()) for i, env in enumerate(envs)]  # the only reset of each episode
     # Ring buffers of the last K steps on the model's device: step j lives at column j % K.
     obs_ring = torch.zeros((N, K, *obs[0].shape), dtype=torch.uint8 if pixels else torch.float32, device=device)
-    act_ring = torch.zeros((N, K, action_slot.total), dtype=torch.float32, device=device)
+    act_ring = torch.zeros((N, K, action_layout.size), dtype=torch.float32, device=device)
     rtg_ring = torch.zeros((N, K), dtype=torch.float32, device=device)
     rtg = np.full(N, target_return if rtg_mode else 0.0, np.float64)
     returns, lengths = np.zeros(N, np.float64), np.zeros(N, np.int64)
     live = np.ones(N, bool)
     frames: list[np.ndarray] = []
     hist = [{k: [] for k in ("obs", "actions", "rewards", "timesteps", "rtg")} for _ in range(N)]
-    in_slot = torch.zeros(action_slot.total, dtype=torch.bool, device=device)
-    in_slot[action_slot.offset : action_slot.offset + action_slot.size] = True
+    in_slot = torch.zeros(action_layout.size, dtype=torch.bool, device=device)
+    in_slot[a_offset : a_offset + a_size] = True
 
     try:
         j = 0
@@ -161,16 +124,16 @@ def evaluate(
             }
             if rtg_mode:
                 batch["rtg"] = rtg_ring[rows[:, None], cols]  # (n, T)
-            pred = policy_fn(batch)  # (n, T, A)
-            if pred.shape[:2] != (len(idx), T) or pred.shape[-1] != action_slot.total:
-                expected = (len(idx), T, action_slot.total)
-                raise ValueError(f"policy_fn returned {tuple(pred.shape)}, expected {expected}")
+            pred = policy(batch)  # (n, T, A)
+            if pred.shape[:2] != (len(idx), T) or pred.shape[-1] != action_layout.size:
+                expected = (len(idx), T, action_layout.size)
+                raise ValueError(f"the policy returned {tuple(pred.shape)}, expected {expected}")
             # Act on the last observation token; outside this domain's slot the fed-back action is zero, as in the
             # zero-padded multi-domain training data.
             action = torch.where(in_slot, pred[:, -1].float().clamp(-1.0, 1.0), 0.0)  # (n, A)
             act_ring[rows, j % K] = action
             action_np = action.cpu().numpy()
-            env_actions = action_slot.take(action_np)
+            env_actions = action_layout.take(domain, action_np)
             for n, i in enumerate(idx):
                 if record_video and i == 0:
                     frames.append(obs[0] if pixels else envs[0].render())

@@ -11,7 +11,8 @@ Deviations from microsoft/smart ``CTLitModule``:
 - ``freeze_encoder`` freezes the observation encoder (the original trained only the BC head, and the wrong head in
   return-conditioned mode, smart.md §2.9);
 - rollouts are batched, aligned with training, reset once, and seeded separately for checkpoint selection
-  (``eval_seed``) and for the final report (``test_seed``) (smart.md §3.5);
+  (``eval_seed``) and for the final report (``test_seed``) (smart.md §3.5); they run in the ``RolloutEvaluation``
+  callback (eval/callback.py) this module configures, on the policy ``make_policy`` builds (eval/policies.py);
 - no evaluation during the sanity check; the model is seeded before its heads are initialised (smart.md §3.2).
 """
 
@@ -19,30 +20,20 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
-from ..envs.dmc import make_env
-from ..eval.rollout import EpisodeResults, evaluate
-from ..eval.stats import summarize, target_return_for
+from ..data.slots import SlotLayout
+from ..eval.callback import RolloutEvaluation, seed_range
+from ..eval.policies import BehaviorCloningPolicy, ReturnConditionedPolicy, TrunkPolicy
+from ..eval.stats import target_return_for
 from ..models.control_transformer import ControlTransformerConfig
 from ..objectives import BehaviorCloningObjective, ReturnConditionedConfig, ReturnConditionedObjective
 from .control_module import ControlModule
-from .weights import load_weights, read_checkpoint
+from .weights import forget_pretrained, load_weights, read_pretrained
 
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("naive", "reward_conditioned")
-
-
-def pretraining_obs_slot(ckpt: dict, domain: str) -> tuple[int, int, int] | None:
-    """(offset, size, total) of ``domain`` in a pretraining checkpoint's observation layout, if it has one."""
-    for state in ckpt.values():
-        if isinstance(state, dict) and "obs_layout" in state and domain in state["obs_layout"]:
-            layout = state["obs_layout"]
-            offset, size = layout[domain]
-            return offset, size, sum(s for _, s in layout.values())
-    return None
 
 
 class DownstreamModule(ControlModule):
@@ -114,11 +105,11 @@ class DownstreamModule(ControlModule):
         self.save_hyperparameters()
         if model_type not in MODEL_TYPES:
             raise ValueError(f"--model_type must be one of {MODEL_TYPES}, not '{model_type}'")
-        ckpt = read_checkpoint(load_model_from) if load_model_from else None
-        self.obs_slot = pretraining_obs_slot(ckpt, domain) if ckpt is not None and obs_type == "state" else None
-        if self.obs_slot is not None and self.obs_slot[1] != obs_dim:
-            self.obs_slot = None  # same domain name, different observation size: use the task's own
-        model_obs_dim = self.obs_slot[2] if self.obs_slot else obs_dim
+        pretrained = read_pretrained(load_model_from) if load_model_from else None
+        # A state domain seen in pretraining keeps its slot of the pretraining layout (if the sizes agree).
+        layout = pretrained.obs_layout if pretrained is not None and obs_type == "state" else None
+        self.obs_layout: SlotLayout | None = layout if layout is not None and layout.fits(domain, obs_dim) else None
+        model_obs_dim = self.obs_layout.size if self.obs_layout else obs_dim
         config = ControlTransformerConfig(obs_type=obs_type, obs_dim=model_obs_dim, action_dim=action_dim,
                                           n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                                           context_length=context_length, max_timestep=max_timestep, dropout=dropout)
@@ -129,98 +120,53 @@ class DownstreamModule(ControlModule):
             self.add_objective(ReturnConditionedObjective(n_embd, action_dim, ReturnConditionedConfig(rtg_scale)))
         self.loaded: list[str] = []
         self.reinitialised: list[str] = []
-        if load_model_from:
+        if pretrained is not None:
             exclude = ["objectives."] + (["model.action_encoder."] if no_load_action else [])
-            self.loaded, self.reinitialised = load_weights(self, load_model_from, exclude, self.model.to_config())
+            self.loaded, self.reinitialised = load_weights(self, pretrained, exclude, self.model.to_config())
+            forget_pretrained()
         self.model.mask_token.requires_grad_(False)  # finetuning masks nothing; DDP rejects unused parameters
         if freeze_encoder:
             self.model.obs_encoder.requires_grad_(False)
 
     @property
     def policy(self):
+        """The policy objective (BC or RTG head)."""
         return next(iter(self.objectives.values()))
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Place state observations into the domain's slot of the pretraining layout, if it has one."""
-        if self.obs_slot is None or "observations" not in batch:
+        if self.obs_layout is None or "observations" not in batch:
             return batch
-        offset, size, total = self.obs_slot
-        obs = batch["observations"]  # (B, T, size)
-        padded = obs.new_zeros((*obs.shape[:-1], total))  # (B, T, total)
-        padded[..., offset : offset + size] = obs
-        return {**batch, "observations": padded}
+        return {**batch, "observations": self.obs_layout.place(self.hparams.domain, batch["observations"])}
 
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return super().compute_losses(self.prepare(batch))
 
-    # ---- evaluation in dm_control --------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        """Evaluate in the conditions the data was collected in (action repeat, camera, render mode)."""
-        attrs = self.trainer.datamodule.train_file.attrs
-        pixels = self.hparams.obs_type == "pixels"
-        self.env_kwargs = {
-            "action_repeat": int(attrs["action_repeat"]),
-            "pixels": pixels,
-            "height": int(attrs.get("render_height") or 84),
-            "width": int(attrs.get("render_width") or 84),
-            "camera_id": int(attrs["render_camera"]) if int(attrs.get("render_camera", -1)) >= 0 else None,
-            "fast_render": bool(attrs.get("render_fast", False)) and pixels,
-        }
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        losses = self.compute_losses(batch)
+        self.log_dict({f"test/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True,
+                      batch_size=len(batch["actions"]), sync_dist=True, prog_bar=False)
 
+    # ---- evaluation in dm_control --------------------------------------------------------------------------
     @property
     def target_return(self) -> float | None:
         hp = self.hparams
         return target_return_for(hp.domain, hp.task, hp.target_return) if hp.model_type != "naive" else None
 
-    def rollouts(self, seeds: list[int], record_video: bool = False) -> EpisodeResults:
-        """One episode per seed. Under DDP every rank runs every world_size-th seed and all ranks get every result
-        back in seed order, so checkpoint selection sees the same numbers everywhere (``record_video``: local)."""
-        hp = self.hparams
-        trainer = self._trainer
-        world = 1 if record_video or trainer is None else trainer.world_size
-        share = seeds[trainer.global_rank :: world] if world > 1 else seeds
-        was_training = self.training
-        self.eval()
-        try:
-            res = evaluate(
-                lambda batch: self.policy.predict_actions(self.model, self.prepare(batch)),
-                lambda seed: make_env(hp.domain, hp.task, seed=seed, **self.env_kwargs),
-                share, hp.context_length, hp.obs_type, self.target_return, self.device, record_video=record_video,
-            )
-        finally:
-            self.train(was_training)
-        if world == 1:
-            return res
-        log.info("rank %d ran %d of %d evaluation episodes", trainer.global_rank, len(share), len(seeds))
-        return self._gather(res, seeds)
-
-    def _gather(self, res: EpisodeResults, seeds: list[int]) -> EpisodeResults:
-        """Every rank's (return, length, wall time) rows, back in the order of ``seeds``."""
-        world, n = self.trainer.world_size, len(seeds)
-        local = torch.full((-(-n // world), 3), float("nan"), dtype=torch.float64)
-        local[: len(res.returns), 0] = torch.from_numpy(res.returns.astype(np.float64))
-        local[: len(res.returns), 1] = torch.from_numpy(res.lengths.astype(np.float64))
-        local[:, 2] = res.wall_time_s
-        rows = self.all_gather(local.to(self.device)).cpu()  # (world, per_rank, 3); rank r held seeds[r::world]
-        ordered = rows.transpose(0, 1).reshape(-1, 3)[:n].numpy()  # row j*world + r is seeds[r + j*world]
-        wall = float(np.nanmax(rows[..., 2].numpy()))
-        lengths = ordered[:, 1].astype(np.int64)
-        return EpisodeResults(returns=ordered[:, 0], lengths=lengths, seeds=list(seeds),
-                              steps_per_sec=float(lengths.sum() / wall) if wall > 0 else 0.0, wall_time_s=wall)
+    def make_policy(self) -> TrunkPolicy:
+        """The policy the rollouts call; the rollout engine places observations into ``obs_layout`` itself."""
+        if self.hparams.model_type == "naive":
+            return BehaviorCloningPolicy(self.model, self.policy, obs_layout=self.obs_layout)
+        return ReturnConditionedPolicy(self.model, self.policy, self.target_return, obs_layout=self.obs_layout)
 
     def selection_seeds(self) -> list[int]:
-        return list(range(self.hparams.eval_seed, self.hparams.eval_seed + self.hparams.eval_episodes))
+        return seed_range(self.hparams.eval_seed, self.hparams.eval_episodes)
 
     def test_seeds(self) -> list[int]:
-        return list(range(self.hparams.test_seed, self.hparams.test_seed + self.hparams.eval_episodes))
+        return seed_range(self.hparams.test_seed, self.hparams.eval_episodes)
 
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return  # the original ran 50 rollouts before training even started
-        res = self.rollouts(self.selection_seeds())
-        stats = summarize(res.returns)
-        self.log_dict({"eval/return_mean": stats["mean"], "eval/return_std": stats["std"],
-                       "eval/return_iqm": stats["iqm"], "eval/steps_per_sec": res.steps_per_sec}, prog_bar=False, sync_dist=True)
+    def configure_callbacks(self) -> list:
+        return [RolloutEvaluation(self.selection_seeds(), self.test_seeds())]
 
     def train(self, mode: bool = True):
         super().train(mode)

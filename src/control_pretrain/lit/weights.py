@@ -4,6 +4,9 @@ A pretraining checkpoint is never re-instantiated as the finetuning module (STYL
 ``state_dict`` is read, and each parameter of the new module is either *loaded* (same name, same shape, not
 excluded) or *re-initialised*; both lists are logged. This replaces the reference's ``load_my_checkpoint``
 whose ``no_strict`` option did nothing (smart.md §3.3).
+
+A finetuning run reads its pretraining checkpoint once (``read_pretrained``): the CLI takes the model sizes from
+it, the module the observation layout and the state dict, from the same ``Pretrained``.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..data.slots import SlotLayout
 from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,45 @@ def read_checkpoint(path: str) -> dict:
     return ckpt
 
 
+@dataclass(frozen=True)
+class Pretrained:
+    """What finetuning needs from a checkpoint: its sizes, its data's observation layout and its weights."""
+
+    path: str
+    model_config: dict
+    state_dict: dict[str, torch.Tensor]
+    obs_layout: SlotLayout | None  # None: not a multi-domain pretraining checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, path: str, ckpt: dict) -> Pretrained:
+        # The pretraining DataModule stores its layouts in its own state (data/datamodules/pretrain.py).
+        layouts = [s["obs_layout"] for s in ckpt.values() if isinstance(s, dict) and "obs_layout" in s]
+        return cls(path, dict(ckpt.get("model_config", {})), ckpt["state_dict"],
+                   SlotLayout.from_dict(layouts[0]) if layouts else None)
+
+
+_last_read: tuple[tuple, Pretrained] | None = None  # one entry: the CLI's read and the module's are the same file
+
+
+def read_pretrained(path: str) -> Pretrained:
+    """``read_checkpoint`` once per file version: a second call for the same unchanged file returns the same
+    object (the CLI reads the sizes, then the module the weights). ``forget_pretrained`` drops it."""
+    global _last_read
+    if not os.path.exists(path):
+        read_checkpoint(path)  # raises the clear error
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    if _last_read is None or _last_read[0] != key:
+        _last_read = (key, Pretrained.from_checkpoint(path, read_checkpoint(path)))
+    return _last_read[1]
+
+
+def forget_pretrained() -> None:
+    """Release the cached checkpoint once its weights are loaded (they would otherwise stay in memory twice)."""
+    global _last_read
+    _last_read = None
+
+
 def check_architecture(path: str, ckpt: dict, config: dict) -> None:
     theirs = ckpt.get("model_config", {})
     diffs = [f"{k}: checkpoint {theirs[k]!r}, this run {config[k]!r}" for k in ARCHITECTURE_KEYS
@@ -46,14 +90,16 @@ def check_architecture(path: str, ckpt: dict, config: dict) -> None:
         )
 
 
-def load_weights(module: nn.Module, path: str, exclude: Iterable[str] = (), model_config: dict | None = None
-                 ) -> tuple[list[str], list[str]]:
+def load_weights(module: nn.Module, pretrained: Pretrained | str, exclude: Iterable[str] = (),
+                 model_config: dict | None = None) -> tuple[list[str], list[str]]:
     """Copy every parameter/buffer of ``module`` whose name and shape match the checkpoint and which starts with
     none of the ``exclude`` prefixes. Returns (loaded, reinitialised) name lists, also logged."""
-    ckpt = read_checkpoint(path)
+    if isinstance(pretrained, str):
+        pretrained = read_pretrained(pretrained)
+    path = pretrained.path
     if model_config is not None:
-        check_architecture(path, ckpt, model_config)
-    source = ckpt["state_dict"]
+        check_architecture(path, {"model_config": pretrained.model_config}, model_config)
+    source = pretrained.state_dict
     exclude = tuple(exclude)
     own = module.state_dict()
     loaded, reinit = [], []

@@ -14,12 +14,16 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from ...envs.dmc import check_task
+from ...envs.dmc import RenderConfig, check_task
 from ...errors import DatasetError
 from ...storage import blob as storage
 from ..schema import KINDS, dataset_path
 from ..trajectory_file import TrajectoryFile
 from ..windows import EpisodeWindowDataset, window_loader
+
+# Validation windows get this share of ``pixel_cache_gb`` and training windows the whole budget: validation reads
+# its (smaller, top-return) selection once per epoch, training many times.
+VALIDATION_CACHE_SHARE = 0.25
 
 
 def select_episodes(returns: np.ndarray, count: int, randomly: bool, seed: int) -> np.ndarray:
@@ -130,7 +134,21 @@ class DownstreamDataModule(LightningDataModule):
         self.train_set = EpisodeWindowDataset([self.train_file], hp.context_length, [self.train_episodes],
                                               pixel_cache_bytes=cache, **common)
         self.val_set = EpisodeWindowDataset([self.val_file], hp.context_length, [self.val_episodes],
-                                            pixel_cache_bytes=cache // 4, **common)
+                                            pixel_cache_bytes=int(cache * VALIDATION_CACHE_SHARE), **common)
+
+    def env_kwargs(self) -> dict:
+        """``make_env`` arguments that evaluate in the conditions the training data was collected in (action
+        repeat, render size, camera, fast rendering), from the training file's attributes."""
+        attrs, pixels, default = self.train_file.attrs, self.hparams.obs_type == "pixels", RenderConfig()
+        camera = int(attrs.get("render_camera", -1))
+        return {
+            "action_repeat": int(attrs["action_repeat"]),
+            "pixels": pixels,
+            "height": int(attrs.get("render_height") or default.height),
+            "width": int(attrs.get("render_width") or default.width),
+            "camera_id": camera if camera >= 0 else default.camera_id,
+            "fast_render": bool(attrs.get("render_fast", False)) and pixels,
+        }
 
     def selection_summary(self) -> dict:
         returns = self.train_file.episode_returns()[self.train_episodes]
@@ -144,3 +162,8 @@ class DownstreamDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return window_loader(self.val_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=False,
                              trainer=self.trainer)
+
+    def test_dataloader(self) -> DataLoader:
+        """``trainer.test`` (the final report) measures the validation losses of the tested checkpoint on the
+        held-out replay; its rollouts run in eval/callback.py."""
+        return self.val_dataloader()
