@@ -4,7 +4,7 @@ Reproduces the design of SMART's downstream experiments (smart.md §3, paper Fig
 pretrain one control transformer on the paper's task set (walker stand/run, cheetah run, cartpole swingup,
 hopper hop) with random-policy data and one with SAC exploratory replay, then finetune behaviour cloning (BC) and
 return-conditioned (RTG) policies on seen tasks, unseen tasks and unseen domains from few episodes, pretrained
-vs from scratch, over several seeds, and aggregate rliable-style (benchmarks/study_stats.py).
+vs from scratch, over several seeds, and aggregate rliable-style (control_pretrain/eval/stats.py).
 
 Stages (``--stage all`` runs them in order; each one skips what is already done):
   data      collect pretraining data (random + SAC replay), train a SAC agent per downstream task, roll out

@@ -12,7 +12,8 @@ import os
 from collections import defaultdict
 
 import numpy as np
-import study_stats as ss
+
+from control_pretrain.eval import stats as ss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INITS = ("scratch", "pretrained-random", "pretrained-sac")
