@@ -9,8 +9,8 @@ Across runs (the pretraining study, studies/pretraining/report.py), after Agarwa
 the Statistical Precipice" (NeurIPS 2021), written from the definitions. Scores come as one array of runs per task
 (``{task: [score of run 1, run 2, ...]}``); tasks may have different run counts when a study is unfinished.
 
-- ``iqm`` / ``aggregate_iqm``: interquartile mean of all runs x tasks pooled (``scipy.stats.trim_mean(x, 0.25)``:
-  sort, drop ``floor(n / 4)`` values at each end, average the rest).
+- ``iqm`` / ``aggregate_iqm``: interquartile mean of all runs x tasks pooled (equals
+  ``scipy.stats.trim_mean(x, 0.25)``: sort, drop ``floor(n / 4)`` values at each end, average the rest).
 - ``stratified_bootstrap_ci``: percentile CI of an aggregate; each resample draws runs with replacement *within*
   each task (the task set is fixed, only runs are random), then recomputes the aggregate on the pooled resample.
   ``bootstrap_ci`` (over episodes) is the same with one stratum.
@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 Scores = Mapping[str, Sequence[float] | np.ndarray]
 
@@ -65,9 +64,15 @@ def target_return_for(domain: str, task: str, override: float | None = None) -> 
 
 # ---- aggregates -----------------------------------------------------------------------------------------------
 def iqm(x: Sequence[float] | np.ndarray) -> float:
-    """Interquartile mean (``scipy.stats.trim_mean(x, 0.25)``, as rliable computes it); NaN for no values."""
-    x = np.asarray(x, np.float64).ravel()
-    return float(sps.trim_mean(x, 0.25)) if x.size else float("nan")
+    """Interquartile mean, ``scipy.stats.trim_mean(x, 0.25)`` as rliable computes it (tests/test_stats.py checks
+    the two agree); NaN for no values. Sorted and sliced here rather than calling trim_mean: trim_mean partitions
+    instead of sorting, so it sums in another order and differs in the last bit, which would change 5 numbers of
+    the committed study summary.json."""
+    x = np.sort(np.asarray(x, np.float64).ravel())
+    if x.size == 0:
+        return float("nan")
+    cut = x.size // 4  # floor(n / 4) values dropped at each end
+    return float(x[cut : x.size - cut].mean())
 
 
 def pooled(scores: Scores) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tables and plots of the pretraining study from its committed cell JSONs (benchmarks/study_pretraining.py).
+"""Tables and plots of the pretraining study from its committed cell JSONs (studies/pretraining/run.py).
 
 Only (task, seed) pairs for which every init (scratch and both pretrained) finished enter a comparison, so an
 unfinished study never compares different subsets. A run's score is its mean test return / 10.
@@ -7,15 +7,20 @@ unfinished study never compares different subsets. A run's score is its mean tes
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
+import logging
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
 
 from control_pretrain.eval import stats as ss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+log = logging.getLogger("study")
 INITS = ("scratch", "pretrained-random", "pretrained-sac")
 GROUP_SETS = {"unseen_task": ("unseen_task",), "unseen_domain": ("unseen_domain",),
               "unseen (both)": ("unseen_task", "unseen_domain"), "seen": ("seen",)}
@@ -238,28 +243,40 @@ def plot_pretrain(results_dir: str, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(preset, data: dict) -> dict:
-    results_dir = os.path.join(ROOT, "benchmarks", "results", preset.name)
+def write_text(path: str, text: str) -> None:
+    """Atomic: temp file + rename, so an interrupted report never leaves half a summary."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_report(preset, data: dict, results_dir: str | None = None, img_dir: str | None = None) -> dict:
+    """summary.json and summary.md of ``preset`` from its cell JSONs (under ``results_dir``, by default
+    studies/pretraining/results/{preset}) and, where matplotlib is installed, the plots in ``img_dir`` (docs/img)."""
+    results_dir = results_dir or os.path.join(HERE, "results", preset.name)
     cells = load_cells(results_dir)
     summary = {"preset": preset.name, "cells_done": len(cells), "data": data, "blocks": []}
     for method, episodes in blocks(cells):
         summary["blocks"].append({"method": method, "episodes": episodes,
                                   "rows": summarize_block(cells, method, episodes),
                                   "per_task": per_task_rows(cells, method, episodes)})
+    # sorted: a set's order changes from run to run (hash seeds), the summary's key order must not
     summary["wall_s_per_cell"] = {m: float(np.mean([c["wall_s"] for c in cells if c["cell"]["method"] == m]))
-                                  for m in {c["cell"]["method"] for c in cells}}
+                                  for m in sorted({c["cell"]["method"] for c in cells})}
     os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(results_dir, "summary.md"), "w") as f:
-        f.write(markdown(summary))
-    img = os.path.join(ROOT, "docs", "img")
-    os.makedirs(img, exist_ok=True)
-    prefix = "study" if preset.name == "cpu" else f"study_{preset.name}"
-    if summary["blocks"]:
-        plot_iqm(summary, os.path.join(img, f"{prefix}_iqm.png"))
-    for method, episodes in blocks(cells):
-        plot_curves(cells, method, episodes, os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
-    plot_pretrain(results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))
-    print(markdown(summary))
+    write_text(os.path.join(results_dir, "summary.json"), json.dumps(summary, indent=1))
+    write_text(os.path.join(results_dir, "summary.md"), markdown(summary))
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("matplotlib is not installed (pip install -e '.[bench]'): plots skipped, tables written")
+    else:
+        img = img_dir or os.path.join(ROOT, "docs", "img")
+        os.makedirs(img, exist_ok=True)
+        prefix = "study" if preset.name == "cpu" else f"study_{preset.name}"
+        if summary["blocks"]:
+            plot_iqm(summary, os.path.join(img, f"{prefix}_iqm.png"))
+        for method, episodes in blocks(cells):
+            plot_curves(cells, method, episodes, os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
+        plot_pretrain(results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))
+    sys.stdout.write(markdown(summary) + "\n")  # the tables are the command's output
     return summary
