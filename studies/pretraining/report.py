@@ -25,7 +25,7 @@ INITS = ("scratch", "pretrained-random", "pretrained-sac")
 GROUP_SETS = {"unseen_task": ("unseen_task",), "unseen_domain": ("unseen_domain",),
               "unseen (both)": ("unseen_task", "unseen_domain"), "seen": ("seen",)}
 COLORS = {"scratch": "#7f7f7f", "pretrained-random": "#1f77b4", "pretrained-sac": "#d62728"}
-N_BOOT = 5000
+N_BOOT = 5000  # bootstrap resamples of every CI in the committed summary
 
 
 def load_cells(results_dir: str) -> list[dict]:
@@ -54,7 +54,7 @@ def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[
     return {i: dict(v) for i, v in out.items()}
 
 
-def summarize_block(cells: list[dict], method: str, episodes: int) -> list[dict]:
+def summarize_block(cells: list[dict], method: str, episodes: int, n_boot: int = N_BOOT) -> list[dict]:
     rows = []
     for label, groups in GROUP_SETS.items():
         for which in ("last", "best"):
@@ -65,12 +65,12 @@ def summarize_block(cells: list[dict], method: str, episodes: int) -> list[dict]
                 s = scores[init]
                 row = {"method": method, "episodes": episodes, "group": label, "checkpoint": which, "init": init,
                        "tasks": len(s), "runs": int(sum(len(v) for v in s.values())),
-                       "iqm": ss.aggregate_iqm(s), "iqm_ci": ss.stratified_bootstrap_ci(s, n_boot=N_BOOT, seed=k),
+                       "iqm": ss.aggregate_iqm(s), "iqm_ci": ss.stratified_bootstrap_ci(s, n_boot=n_boot, seed=k),
                        "mean": ss.aggregate_mean(s),
-                       "mean_ci": ss.stratified_bootstrap_ci(s, ss.aggregate_mean, n_boot=N_BOOT, seed=k)}
+                       "mean_ci": ss.stratified_bootstrap_ci(s, ss.aggregate_mean, n_boot=n_boot, seed=k)}
                 if init != "scratch":
                     row["poi"] = ss.probability_of_improvement(s, scores["scratch"])
-                    row["poi_ci"] = ss.probability_of_improvement_ci(s, scores["scratch"], n_boot=N_BOOT, seed=k)
+                    row["poi_ci"] = ss.probability_of_improvement_ci(s, scores["scratch"], n_boot=n_boot, seed=k)
                 rows.append(row)
     return rows
 
@@ -251,15 +251,17 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(preset, data: dict, results_dir: str | None = None, img_dir: str | None = None) -> dict:
+def write_report(preset, data: dict, results_dir: str | None = None, img_dir: str | None = None,
+                 n_boot: int = N_BOOT) -> dict:
     """summary.json and summary.md of ``preset`` from its cell JSONs (under ``results_dir``, by default
-    studies/pretraining/results/{preset}) and, where matplotlib is installed, the plots in ``img_dir`` (docs/img)."""
+    studies/pretraining/results/{preset}) and, where matplotlib is installed, the plots in ``img_dir`` (docs/img).
+    ``n_boot`` other than ``N_BOOT`` gives other CIs than the committed summary (tests use fewer)."""
     results_dir = results_dir or os.path.join(HERE, "results", preset.name)
     cells = load_cells(results_dir)
     summary = {"preset": preset.name, "cells_done": len(cells), "data": data, "blocks": []}
     for method, episodes in blocks(cells):
         summary["blocks"].append({"method": method, "episodes": episodes,
-                                  "rows": summarize_block(cells, method, episodes),
+                                  "rows": summarize_block(cells, method, episodes, n_boot),
                                   "per_task": per_task_rows(cells, method, episodes)})
     # sorted: a set's order changes from run to run (hash seeds), the summary's key order must not
     summary["wall_s_per_cell"] = {m: float(np.mean([c["wall_s"] for c in cells if c["cell"]["method"] == m]))
