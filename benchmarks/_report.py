@@ -56,6 +56,13 @@ def tb_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def samples_per_sec(scalars: dict[str, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """A run's logged training throughput over all ranks: Lightning's ``ThroughputMonitor`` writes
+    ``train/samples_per_sec`` only with more than one device, and ``train/device/samples_per_sec`` (then the same
+    number) always."""
+    return scalars.get("train/samples_per_sec") or scalars.get("train/device/samples_per_sec", [])
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     """A markdown table; every cell through ``str``."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -14,7 +14,8 @@ objectives (forward dynamics, inverse dynamics, RMHC) + backward + AdamW step + 
 3. lightning: the same module/batch/step through a real ``lightning.pytorch.Trainer`` (``PretrainModule``,
    DataLoader over in-memory batches) vs the plain loop, interleaved in one process (small, state and pixels).
 4. datawait: the real CLI (``src/dmc_pretrain.py``) on real collected files, num_workers 0 and 2, reading
-   ``train/samples_per_sec`` and ``train/data_wait_frac`` from the TensorBoard event file.
+   ``train/device/samples_per_sec`` (Lightning's ThroughputMonitor) and ``train/data_wait_frac`` (DataWaitMonitor)
+   from the TensorBoard event file.
 5. losses: a short state pretraining run (small model, K=30, batch 64) on the test task set; plots the losses to
    docs/img/pretrain_losses.png and evaluates RMHC at fixed mask sizes on the validation set per epoch.
 
@@ -53,6 +54,7 @@ from _report import (  # benchmarks/_report.py
     cpu_model,
     markdown_table,
     publish,
+    samples_per_sec,
     tb_scalars,
     wait_for_other_benchmarks,
 )
@@ -489,9 +491,10 @@ def section_datawait(quick: bool) -> tuple[str, dict]:
     cmd_p, t_p = ensure_data(pix_dir, ["--pixels", "--fast_render"], [1], pix_steps)
     print(f"[datawait] data ready (collected in {t_s:.0f} s + {t_p:.0f} s)", flush=True)
     rows, runs, cmds = [], {}, []
-    # (obs, size): (log_every_n_steps L, logged windows m). ThroughputMonitor skips the first batch of an epoch, so
+    # (obs, size): (log_every_n_steps L, logged windows m). DataWaitMonitor skips the first batch of an epoch, so
     # its windows end at batch L, 2L, ... while the logger writes at batches L-1, 2L-1, ...: each value is written
-    # one interval late and the last one is lost, hence (m + 1) * L batches for m logged windows.
+    # one interval late and the last one is lost, hence (m + 1) * L batches for m logged windows. (Lightning's
+    # ThroughputMonitor logs at L-1, 2L-1, ... directly: m + 1 values of samples/s.)
     plan = {
         ("state", "tiny"): (20, 4), ("state", "small"): (20, 4), ("state", "paper"): (10, 3),
         ("pixels", "tiny"): (10, 3), ("pixels", "small"): (10, 3), ("pixels", "paper"): (5, 3),
@@ -513,7 +516,7 @@ def section_datawait(quick: bool) -> tuple[str, dict]:
             wall, peak, bg = res["wall"], res["peak_rss_mb"], load_cell(res)
             tags = tb_scalars(out)
             shutil.rmtree(out, ignore_errors=True)  # checkpoints of the paper config are ~100 MB each
-            sps = [v for _, v in tags.get("train/samples_per_sec", [])]
+            sps = [v for _, v in samples_per_sec(tags)]
             wait = [v for _, v in tags.get("train/data_wait_frac", [])]
             runs[f"{obs_type}_{size}_w{workers}"] = {"samples_per_sec": sps, "data_wait_frac": wait, "wall": wall,
                                                      "peak_rss_mb": peak, "background_cores": res["background_cores"]}
@@ -737,10 +740,10 @@ def describe(name: str, raw) -> str:
     if name == "datawait":
         return ("Data (collected once, reused if present):\n\n```\n" + "\n".join(raw["collect_cmds"])
                 + "\n```\n\nEach row is one run of the real CLI in a subprocess, started once the machine is quiet (1 epoch, `--trainer.limit_val_batches 1`, "
-                "batch 32, torch's default 2 threads); values are `train/samples_per_sec` and "
-                "`train/data_wait_frac` read back from the TensorBoard event file (one value per "
-                "`log_every_n_steps` window; the first batch of the epoch, which includes worker start-up, is "
-                "not counted by `ThroughputMonitor`). Example commands (first and last row):\n\n```\n"
+                "batch 32, torch's default 2 threads); values are `train/device/samples_per_sec` (Lightning's "
+                "`ThroughputMonitor`) and `train/data_wait_frac` (`DataWaitMonitor`) read back from the TensorBoard "
+                "event file (one value per `log_every_n_steps` window; the first batch of the epoch, which "
+                "includes worker start-up, is not counted). Example commands (first and last row):\n\n```\n"
                 + "\n".join(raw["example_cmd"]) + "\n```")
     if name == "losses":
         return ("Data and run:\n\n```\n" + raw["collect_cmd"] + "\n" + raw["cmd"] + "\n```\n\n"
