@@ -26,6 +26,7 @@ GROUP_SETS = {"unseen_task": ("unseen_task",), "unseen_domain": ("unseen_domain"
               "unseen (both)": ("unseen_task", "unseen_domain"), "seen": ("seen",)}
 COLORS = {"scratch": "#7f7f7f", "pretrained-random": "#1f77b4", "pretrained-sac": "#d62728"}
 N_BOOT = 5000  # bootstrap resamples of every CI in the committed summary
+RETURN_PER_SCORE = 10.0  # normalised score = return / 10: dm_control returns lie in [0, 1000]
 
 
 def load_cells(results_dir: str) -> list[dict]:
@@ -45,7 +46,7 @@ def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[
         if cell["method"] != method or cell["episodes"] != episodes or cell["group"] not in groups:
             continue
         entry = c[which] if c.get(which) else c["last"]
-        by_key[(cell["task"], cell["seed"])][cell["init"]] = entry["mean"] / 10.0
+        by_key[(cell["task"], cell["seed"])][cell["init"]] = entry["mean"] / RETURN_PER_SCORE
     out: dict[str, dict[str, list[float]]] = {i: defaultdict(list) for i in INITS}
     for (task, _seed), per_init in sorted(by_key.items()):
         if all(i in per_init for i in INITS):
@@ -88,9 +89,9 @@ def per_task_rows(cells: list[dict], method: str, episodes: int) -> list[dict]:
         row = {"task": task, "seeds": len(scores["scratch"][task]),
                "data_return": float(np.mean(demo.get(task, [np.nan])))}
         for init in INITS:
-            v = np.array(scores[init][task]) * 10
+            v = np.array(scores[init][task]) * RETURN_PER_SCORE
             row[init] = (float(v.mean()), float(v.std()))
-            row[init + "/best"] = float(np.mean(best[init][task]) * 10)
+            row[init + "/best"] = float(np.mean(best[init][task]) * RETURN_PER_SCORE)
         rows.append(row)
     return rows
 

@@ -54,6 +54,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [HERE, os.path.join(ROOT, "src")]  # report.py, preset.py; the package of this checkout
 
 from preset import Preset, load_preset, preset_names
+from report import RETURN_PER_SCORE
 
 from control_pretrain.errors import UserError
 
@@ -62,6 +63,7 @@ log = logging.getLogger("study")
 GROUPS = ("seen", "unseen_task", "unseen_domain")
 INITS = ("scratch", "pretrained-random", "pretrained-sac")
 PRETRAIN_KIND = {"pretrained-random": "rand", "pretrained-sac": "full"}
+EPISODE_STEPS = 250  # agent steps of a dm_control episode: 1000 env steps at action repeat 4 (smart.md §2.1)
 
 
 # Priority: if time runs out, the finished cells still form a coherent subset (all tasks x inits x seeds).
@@ -219,7 +221,7 @@ def data_summary(p: Preset, tasks: list[str]) -> dict:
                 out[key] = previous[key]
             continue
         r = TrajectoryFile(full).episode_returns()
-        out[key] = {"path": path, "episodes": len(r), "steps": int(len(r) * 250),
+        out[key] = {"path": path, "episodes": len(r), "steps": int(len(r) * EPISODE_STEPS),
                     "return_mean": float(r.mean()), "return_max": float(r.max()),
                     "return_last10_mean": float(r[-10:].mean())}
     return out
@@ -358,7 +360,7 @@ def finish_cell(p: Preset, cell: Cell, cmd: list[str], wall: float) -> dict:
         "preset": p.name,
         "command": " ".join(cmd),
         "seed": cell.seed,
-        "score": report["mean"] / 10.0,  # normalised score: return / 10 (dm_control returns are in [0, 1000])
+        "score": report["mean"] / RETURN_PER_SCORE,
         "last": {k: report[k] for k in pick if k in report},
         "best": {k: v for k, v in report.get("best", {}).items() if k in (*pick, "selection_score")},
         "target_return": report.get("target_return"),

@@ -21,7 +21,8 @@ the Statistical Precipice" (NeurIPS 2021), written from the definitions. Scores 
 Why not ``scipy.stats.bootstrap`` or rliable: the resampling loop below (one ``rng.integers`` draw per task per
 resample) is the one that produced the committed study summary (studies/pretraining/results/cpu/summary.json);
 ``scipy.stats.bootstrap`` draws in another order and would move every committed CI in its last digits. rliable
-1.2 needs arch, statsmodels, pandas and seaborn for the three functions used here (docs/results.md).
+1.2 (no jax or tensorflow) would add arch (and with it statsmodels), pandas, seaborn and absl-py for the three
+functions used here (docs/results.md).
 """
 
 from __future__ import annotations
