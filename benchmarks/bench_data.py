@@ -28,7 +28,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ import sys
 import time
 
 import numpy as np
-from _report import write_section  # benchmarks/_report.py
+from _report import cpu_model, markdown_table, write_section  # benchmarks/_report.py
 
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work", "bench_data")  # removed at the end
 DOMAINS = [("walker", "walk"), ("cheetah", "run"), ("hopper", "hop"), ("cartpole", "swingup"),
@@ -69,12 +68,6 @@ def each(fn, items):
         for x in items:
             fn(x)
     return run
-
-
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def fmt(x, digits=0):
@@ -127,7 +120,7 @@ def bench_collection(quick):
             f"visual pixels: {steps['default']} steps), median of {REPS} episodes, env construction and first render "
             f"excluded; the three variants of a task run round-robin. Render fps: `env.render()` alone (84x84, "
             f"channels-first; {frames['default']} / {frames['fast']} frames), median of {REPS} runs.")
-    return table(header, rows) + "\n\n" + note
+    return markdown_table(header, rows) + "\n\n" + note
 
 
 # ------------------------------------------------------------------------------------------ synthetic files
@@ -214,7 +207,7 @@ def bench_state_windows(quick):
             ["naive: numpy in RAM, Python loop per window + np.stack", fmt(naive_wps),
              fmt(naive_s / len(batches) * 1e3, 2), "1.0x"]]
     verdict = "met" if fast_wps >= 100_000 else "NOT met"
-    return (table(["method", "windows/s", "ms / batch", "vs naive"], rows) +
+    return (markdown_table(["method", "windows/s", "ms / batch", "vs naive"], rows) +
             f"\n\n{n_steps:,} steps (4,000 episodes of 250; obs 24, action 6; {size_mb:.0f} MB, written in "
             f"{write_s:.1f} s), {len(ds):,} valid windows, {len(batches)} random batches of 256 per repetition. "
             f"Target >= 100,000 windows/s: **{verdict}**. One-time construction (`TrajectoryFile` incl. "
@@ -272,7 +265,7 @@ def bench_pixel_windows(quick):
             ["naive: `dset[s:s+K]` per window, default 1 MB chunk cache, np.stack", results["naive"]],
             ["(not the library) as from disk, but one `Dataset` object kept open", results["kept"]]]
     rows = [[name, fmt(w), fmt(w * K * 84 * 84 * 3 / 1e6), f"{w / results['naive']:.1f}x"] for name, w in rows]
-    return (path, table(["method", "windows/s", "MB/s", "vs naive"], rows) +
+    return (path, markdown_table(["method", "windows/s", "MB/s", "vs naive"], rows) +
             f"\n\n{n_steps:,} frames (3x84x84 uint8, {size_mb:.0f} MB), {len(batches)} random batches of 32 windows "
             f"per repetition. Loading the file into the RAM cache took {load_s:.2f} s. Target >= 1,000 pixel "
             f"windows/s: from disk **{'met' if results['disk'] >= 1000 else 'NOT met'}**, "
@@ -335,7 +328,7 @@ def bench_memory(quick, small_path):
                      ("under " if peak < limit else "**OVER** ") + fmt(limit / 2**20) if b < size else "-"])
         print(rows[-1], flush=True)
     os.remove(big)
-    return (table(["case", "frames in RAM", "RSS after imports MiB", "peak RSS MiB", "peak - imports MiB",
+    return (markdown_table(["case", "frames in RAM", "RSS after imports MiB", "peak RSS MiB", "peak - imports MiB",
                    "build s", "windows/s", "target: peak < budget + 1 GiB"], rows) +
             f"\n\nEach case runs in a fresh subprocess (300 random batches of 32 windows); peak RSS = `VmHWM` of "
             f"/proc/self/status (`ru_maxrss` of a child inherits the parent's peak across fork/exec on Linux, so it "
@@ -346,10 +339,9 @@ def bench_memory(quick, small_path):
 # ------------------------------------------------------------------------------------------------- report
 def machine():
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    cpu = re.search(r"Model name:\s*(.+)", lscpu)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     simd = "AVX-512" if "avx512f" in lscpu else "AVX2" if "avx2" in lscpu else "no AVX2"
-    return (f"{os.cpu_count()} cores, {cpu.group(1).strip() if cpu else platform.processor()} ({simd}), "
+    return (f"{os.cpu_count()} cores, {cpu_model()} ({simd}), "
             f"{ram:.0f} GiB RAM")
 
 

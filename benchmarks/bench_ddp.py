@@ -5,7 +5,8 @@
         --out docs/benchmarks.md                                          # GPUs: also utilisation and MFU
 
 Every run is the real CLI (``src/dmc_pretrain.py``) on the same data; throughput is the median of the logged
-``train/samples_per_sec`` (all ranks) after the first logging window. Model FLOPs per sample are counted with
+samples/s of all ranks (Lightning's ``ThroughputMonitor``: ``train/samples_per_sec``, or
+``train/device/samples_per_sec`` with one process) after the first logging window. Model FLOPs per sample are counted with
 ``torch.utils.flop_counter`` on one training step (forward + backward of every objective), so MFU = samples/s x
 FLOPs per sample / peak FLOP/s of all devices.
 """
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-from _report import tb_scalars, write_section  # benchmarks/_report.py
+from _report import samples_per_sec, tb_scalars, write_section  # benchmarks/_report.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -91,7 +92,7 @@ def run(preset: str, prefix: str, devices: int, threads: int, accelerator: str) 
         util.terminate()
         values = [float(v) for v in util.communicate()[0].split() if v.replace(".", "").isdigit()]
         gpu_util = statistics.median(values) if values else None
-    rates = [value for _, value in tb_scalars(out)["train/samples_per_sec"]][1:]
+    rates = [value for _, value in samples_per_sec(tb_scalars(out))][1:]
     return {"devices": devices, "threads": threads, "samples_per_sec": statistics.median(rates),
             "readings": rates, "gpu_util": gpu_util, "load_before": load}
 

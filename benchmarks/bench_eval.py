@@ -21,13 +21,12 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
-from _report import write_section  # benchmarks/_report.py
+from _report import cpu_model, publish, wait_for_other_benchmarks  # benchmarks/_report.py
 
 SECTION = "## Evaluation (issue 3/7)"
 K = 30
@@ -77,27 +76,8 @@ def call_ms(policy, batch_size: int, reps: int) -> float:
     return 1000 * float(np.median(times))
 
 
-def wait_for_other_benchmarks(max_wait_s: float = 600.0, poll_s: float = 15.0) -> str:
-    """Wait (up to ``max_wait_s``) while another benchmark script runs, so neither distorts the other."""
-    waited = 0.0
-    while True:
-        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False).stdout
-        others = [ln for ln in ps.splitlines()[1:] if "bench" in ln and "bench_eval" not in ln and "grep" not in ln]
-        if not others or waited >= max_wait_s:
-            return (f"waited {waited:.0f} s for other benchmarks" if waited else "no other benchmark running") + (
-                f"; still running: {others[0].split(None, 1)[1][:60]}" if others else "")
-        print(f"another benchmark is running ({others[0].split(None, 1)[1][:60]}); waiting", file=sys.stderr)
-        time.sleep(poll_s)
-        waited += poll_s
-
-
 def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
-        model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
-    except OSError:
-        model = platform.processor() or "?"
-    return (f"{os.cpu_count()} CPUs (`nproc`), {model} (`lscpu`), Python {platform.python_version()}, "
+    return (f"{os.cpu_count()} CPUs (`nproc`), {cpu_model()} (`lscpu`), Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 
 
@@ -114,7 +94,7 @@ def main() -> None:
 
     policy, n_params = build_policy()
     seeds = list(range(1000, 1000 + args.episodes))
-    waited = wait_for_other_benchmarks()
+    waited = wait_for_other_benchmarks("bench_eval", poll_s=15.0) or "no other benchmark running"
     load0 = os.getloadavg()[0]
     rows, best = [], {}
     ceiling = env_only(seeds, args.steps)
@@ -159,9 +139,7 @@ def main() -> None:
         "",
     ]
     body = "\n".join(lines)
-    print(body)
-    if args.out:
-        write_section(args.out, SECTION, body)
+    publish(body, args.out, SECTION)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ objectives (forward dynamics, inverse dynamics, RMHC) + backward + AdamW step + 
 3. lightning: the same module/batch/step through a real ``lightning.pytorch.Trainer`` (``PretrainModule``,
    DataLoader over in-memory batches) vs the plain loop, interleaved in one process (small, state and pixels).
 4. datawait: the real CLI (``src/dmc_pretrain.py``) on real collected files, num_workers 0 and 2, reading
-   ``train/samples_per_sec`` and ``train/data_wait_frac`` from the TensorBoard event file.
+   ``train/device/samples_per_sec`` (Lightning's ThroughputMonitor) and ``train/data_wait_frac`` (DataWaitMonitor)
+   from the TensorBoard event file.
 5. losses: a short state pretraining run (small model, K=30, batch 64) on the test task set; plots the losses to
    docs/img/pretrain_losses.png and evaluates RMHC at fixed mask sizes on the validation set per epoch.
 
@@ -42,7 +43,6 @@ import glob
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import statistics
@@ -50,7 +50,14 @@ import subprocess
 import sys
 import time
 
-from _report import tb_scalars, write_section  # benchmarks/_report.py
+from _report import (  # benchmarks/_report.py
+    cpu_model,
+    markdown_table,
+    publish,
+    samples_per_sec,
+    tb_scalars,
+    wait_for_other_benchmarks,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(ROOT, "benchmarks", "_work")
@@ -64,12 +71,6 @@ PY = sys.executable
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def fmt(x, digits=1):
     return f"{x:,.{digits}f}"
 
@@ -162,31 +163,12 @@ def run_once(cmd: list[str], log_path: str, env: dict | None = None, gate: bool 
             "background_cores": max(0.0, (cpu_busy_s() - b0 - own) / wall), "gate_cores": gate, "out": out}
 
 
-def wait_for_other_benchmarks(max_wait_s: float = 600.0, poll_s: float = 30.0) -> str:
-    """Wait (up to ``max_wait_s``) while another benchmark script runs; returns a note for the report."""
-    me = os.getpid()
-    waited = 0.0
-    while True:
-        ps = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True, check=False).stdout.splitlines()[1:]
-        others = [line for line in ps if "bench" in line and "bench_pretrain" not in line and "grep" not in line
-                  and str(me) not in line.split()[:2]]
-        if not others or waited >= max_wait_s:
-            return (f"waited {waited:.0f} s for other benchmarks" if waited else "") + (
-                f"; still running: {others[0].split(None, 2)[2][:60]}" if others else "")
-        print(f"[bench_pretrain] another benchmark is running ({others[0].split(None, 2)[2][:60]}); waiting",
-              flush=True)
-        time.sleep(poll_s)
-        waited += poll_s
-
-
 def machine() -> dict[str, str]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = re.search(r"Model name:\s*(.+)", lscpu)
     free = subprocess.run(["free", "-g"], capture_output=True, text=True, check=False).stdout.splitlines()
     import torch
 
     return {"nproc": subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip(),
-            "cpu": model.group(1).strip() if model else platform.processor(),
+            "cpu": cpu_model(),
             "mem": "/".join(free[1].split()[1:3]) if len(free) > 1 else "?",
             "torch": torch.__version__, "python": platform.python_version()}
 
@@ -423,7 +405,7 @@ def section_throughput(quick: bool) -> tuple[str, list]:
     header = ["config", "obs", "params (M)", "passes/step", "steps x reps", "ms/step (median)",
               "samples/s (median)", "samples/s per rep", "GFLOP/sample [derived]", "GFLOP/s achieved",
               "RSS before 1st step (MB)", "peak RSS (MB)", "peak - before (MB)", "other load (cores)"]
-    return table(header, rows), results
+    return markdown_table(header, rows), results
 
 
 def section_passes(quick: bool) -> tuple[str, list]:
@@ -446,7 +428,7 @@ def section_passes(quick: bool) -> tuple[str, list]:
     header = ["config (batch 32)", "passes/step (hook count) False → True", "steps x reps",
               "share_passes=False samples/s", "share_passes=True samples/s", "speed-up (median)",
               "speed-up per rep", "FLOP ratio [derived]", "other load (cores)"]
-    return table(header, rows), results
+    return markdown_table(header, rows), results
 
 
 def section_lightning(quick: bool) -> tuple[str, list]:
@@ -465,7 +447,7 @@ def section_lightning(quick: bool) -> tuple[str, list]:
     header = ["config (batch 32)", "steps x reps", "plain ms/step", "Lightning ms/step", "Lightning overhead (median)",
               "overhead per rep", "plain samples/s", "Lightning samples/s", "Trainer.fit wall s (incl. setup)",
               "other load (cores)"]
-    return table(header, rows), results
+    return markdown_table(header, rows), results
 
 
 # ---- 4. data waiting through the real CLI
@@ -509,9 +491,10 @@ def section_datawait(quick: bool) -> tuple[str, dict]:
     cmd_p, t_p = ensure_data(pix_dir, ["--pixels", "--fast_render"], [1], pix_steps)
     print(f"[datawait] data ready (collected in {t_s:.0f} s + {t_p:.0f} s)", flush=True)
     rows, runs, cmds = [], {}, []
-    # (obs, size): (log_every_n_steps L, logged windows m). ThroughputMonitor skips the first batch of an epoch, so
+    # (obs, size): (log_every_n_steps L, logged windows m). DataWaitMonitor skips the first batch of an epoch, so
     # its windows end at batch L, 2L, ... while the logger writes at batches L-1, 2L-1, ...: each value is written
-    # one interval late and the last one is lost, hence (m + 1) * L batches for m logged windows.
+    # one interval late and the last one is lost, hence (m + 1) * L batches for m logged windows. (Lightning's
+    # ThroughputMonitor logs at L-1, 2L-1, ... directly: m + 1 values of samples/s.)
     plan = {
         ("state", "tiny"): (20, 4), ("state", "small"): (20, 4), ("state", "paper"): (10, 3),
         ("pixels", "tiny"): (10, 3), ("pixels", "small"): (10, 3), ("pixels", "paper"): (5, 3),
@@ -533,7 +516,7 @@ def section_datawait(quick: bool) -> tuple[str, dict]:
             wall, peak, bg = res["wall"], res["peak_rss_mb"], load_cell(res)
             tags = tb_scalars(out)
             shutil.rmtree(out, ignore_errors=True)  # checkpoints of the paper config are ~100 MB each
-            sps = [v for _, v in tags.get("train/samples_per_sec", [])]
+            sps = [v for _, v in samples_per_sec(tags)]
             wait = [v for _, v in tags.get("train/data_wait_frac", [])]
             runs[f"{obs_type}_{size}_w{workers}"] = {"samples_per_sec": sps, "data_wait_frac": wait, "wall": wall,
                                                      "peak_rss_mb": peak, "background_cores": res["background_cores"]}
@@ -551,7 +534,7 @@ def section_datawait(quick: bool) -> tuple[str, dict]:
               "train/data_wait_frac (median)", "data_wait_frac (max)", "CLI wall s (incl. start-up)",
               "peak RSS of largest process (MB)", "other load (cores)"]
     extra = {"collect_cmds": [cmd_s, cmd_p], "collect_s": [t_s, t_p], "example_cmd": cmds[:1] + cmds[-1:]}
-    return table(header, rows), {"runs": runs, **extra}
+    return markdown_table(header, rows), {"runs": runs, **extra}
 
 
 # ---- 5. loss curves
@@ -692,19 +675,19 @@ def section_losses(quick: bool, reuse: bool = False) -> tuple[str, dict]:
                 first, last = v[0][1], v[-1][1]
                 rows.append([f"{split}/{name}_loss", f"{first:.4f} (step {v[0][0]})", f"{last:.4f} (step {v[-1][0]})",
                              f"{last / first:.2f}x"])
-    t1 = table(["metric", "first logged", "last logged", "last / first"], rows)
+    t1 = markdown_table(["metric", "first logged", "last logged", "last / first"], rows)
     val_by_epoch = {name: [v for _, v in tags.get(f"val/{name}_loss", [])] for name in LOSSES}
     masks = [int(v) for _, v in tags.get("train/mask_actions", [])]
     mobs = [int(v) for _, v in tags.get("train/mask_obs", [])]
     rows2 = [[e, masks[e] if e < len(masks) else "", mobs[e] if e < len(mobs) else "",
               *(f"{val_by_epoch[n][e]:.4f}" if e < len(val_by_epoch[n]) else "" for n in LOSSES)]
              for e in range(epochs)]
-    t2 = table(["epoch", "masked actions", "masked obs", "val/forward_loss", "val/inverse_loss",
+    t2 = markdown_table(["epoch", "masked actions", "masked obs", "val/forward_loss", "val/inverse_loss",
                 "val/masked_hindsight_loss"], rows2)
     names = list(fixed)
     rows3 = [[n, *(f"{fixed[n][f'rmhc@{s}']:.4f}" for s in mask_sizes), f"{fixed[n]['inverse']:.4f}",
               f"{fixed[n]['forward']:.5f}"] for n in names]
-    t3 = table(["checkpoint", *(f"val RMHC, {s} act / {min(K // 2, s)} obs masked" for s in mask_sizes),
+    t3 = markdown_table(["checkpoint", *(f"val RMHC, {s} act / {min(K // 2, s)} obs masked" for s in mask_sizes),
                 "val inverse", "val forward (moving EMA target)"], rows3)
     return t1 + "\n\n" + t2 + "\n\n" + t3, {"cmd": cmd, "background_cores": meta["background_cores"], "reused": reused, "collect_cmd": cmd_c, "collect_s": t_c, "wall": wall,
                                              "img": img, "fixed": fixed, "steps_per_epoch": limit, "epochs": epochs}
@@ -757,10 +740,10 @@ def describe(name: str, raw) -> str:
     if name == "datawait":
         return ("Data (collected once, reused if present):\n\n```\n" + "\n".join(raw["collect_cmds"])
                 + "\n```\n\nEach row is one run of the real CLI in a subprocess, started once the machine is quiet (1 epoch, `--trainer.limit_val_batches 1`, "
-                "batch 32, torch's default 2 threads); values are `train/samples_per_sec` and "
-                "`train/data_wait_frac` read back from the TensorBoard event file (one value per "
-                "`log_every_n_steps` window; the first batch of the epoch, which includes worker start-up, is "
-                "not counted by `ThroughputMonitor`). Example commands (first and last row):\n\n```\n"
+                "batch 32, torch's default 2 threads); values are `train/device/samples_per_sec` (Lightning's "
+                "`ThroughputMonitor`) and `train/data_wait_frac` (`DataWaitMonitor`) read back from the TensorBoard "
+                "event file (one value per `log_every_n_steps` window; the first batch of the epoch, which "
+                "includes worker start-up, is not counted). Example commands (first and last row):\n\n```\n"
                 + "\n".join(raw["example_cmd"]) + "\n```")
     if name == "losses":
         return ("Data and run:\n\n```\n" + raw["collect_cmd"] + "\n" + raw["cmd"] + "\n```\n\n"
@@ -797,7 +780,7 @@ def main() -> None:
         return
     os.makedirs(WORK, exist_ok=True)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    waited = "" if args.no_wait else wait_for_other_benchmarks()
+    waited = "" if args.no_wait else wait_for_other_benchmarks("bench_pretrain")
     info = machine()
     load_before = load_snapshot()
     gflops = sgemm_gflops()
@@ -844,9 +827,7 @@ def main() -> None:
         if name in cache:
             body.append(cache[name])
     text = "\n".join(body)
-    print(text)
-    if args.out:
-        write_section(args.out, SECTION, text)
+    publish(text, args.out, SECTION)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import sys
 import time
 
 import numpy as np
-from _report import write_section  # benchmarks/_report.py
+from _report import publish  # benchmarks/_report.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
@@ -259,9 +259,7 @@ def main() -> None:
     plotted = curves is not None and plot(curves, os.path.join(ROOT, "docs", "img", "sac_curves.png"))
     after = load()
     text = report(upd, speed, curves, plotted, before, after, args)
-    print(text)
-    if args.out:
-        write_section(args.out, SECTION, text)
+    publish(text, args.out, SECTION)
 
 
 if __name__ == "__main__":

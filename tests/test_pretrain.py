@@ -61,7 +61,7 @@ def test_metrics_and_mask_curriculum(collected_dir, tmp_path):
     tags = scalars(tmp_path)
     for name in ("forward", "inverse", "masked_hindsight"):
         assert f"train/{name}_loss" in tags and f"val/{name}_loss" in tags
-    for tag in ("train/loss", "val/loss", "train/samples_per_sec", "train/data_wait_frac", "lr-AdamW/pg1"):
+    for tag in ("train/loss", "val/loss", "train/device/samples_per_sec", "train/data_wait_frac", "lr-AdamW/pg1"):
         assert tag in tags, tag
     # K=6, E=2: RMHC masks max(1, 6*1/2)=3 then 6 actions; observations min(3, .) = 3, 3
     assert tags["train/mask_actions"] == [3.0, 6.0] and tags["train/mask_obs"] == [3.0, 3.0]

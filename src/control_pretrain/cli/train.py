@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..errors import UserError
-from ..lit.callbacks import ThroughputMonitor
+from ..lit.callbacks import DataWaitMonitor, FlopsPerBatchEstimate, throughput_monitor
 from ..lit.weights import ARCHITECTURE_KEYS, read_pretrained
 
 # Shared by both scripts; each adds its own.
@@ -73,7 +73,8 @@ class ControlCLI(LightningCLI):
         os.makedirs(root, exist_ok=True)
         if trainer_cfg.get("logger") is None:
             kwargs["logger"] = TensorBoardLogger(root, name="tb_logs")
-        callbacks = [ThroughputMonitor()]
+        every = trainer_cfg.get("log_every_n_steps") or 50  # Lightning's default
+        callbacks = [throughput_monitor(every), FlopsPerBatchEstimate(), DataWaitMonitor()]
         if trainer_cfg.get("logger") is not False:
             callbacks.append(LearningRateMonitor("step"))
         if trainer_cfg.get("enable_checkpointing", True) is not False:

@@ -1,17 +1,13 @@
-"""benchmarks/study_stats.py against brute-force versions of the same definitions on small random inputs."""
+"""control_pretrain/eval/stats.py (the one statistics module): known answers worked by hand, and brute-force
+versions of the same definitions on small random inputs."""
 
-import importlib.util
 import itertools
-import os
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "study_stats.py")
-_spec = importlib.util.spec_from_file_location("study_stats", _PATH)
-ss = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ss)
+from control_pretrain.eval import stats as ss
 
 
 def _random_scores(rng, tasks=4, runs=5, ties=False):
@@ -74,7 +70,7 @@ def test_stratified_bootstrap_keeps_tasks_and_sizes():
     rng = np.random.default_rng(4)
     scores = {"a": np.arange(3.0), "b": 100 + np.arange(5.0)}
     for _ in range(50):
-        r = ss._resample(scores, rng)
+        r = ss.stratified_resample(scores, rng)
         assert set(r["a"]) <= set(scores["a"]) and len(r["a"]) == 3
         assert set(r["b"]) <= set(scores["b"]) and len(r["b"]) == 5
 
@@ -125,3 +121,67 @@ def test_unequal_and_missing_tasks():
     y = {"a": [0.0], "c": [5.0]}
     assert ss.probability_of_improvement(x, y) == 1.0  # only task a is shared
     assert np.isnan(ss.iqm([]))
+
+
+# ---- known answers --------------------------------------------------------------------------------------------
+def test_iqm_by_hand():
+    # n=8: drop 2 at each end of sorted [1, 2, 3, 4, 5, 6, 7, 100] -> mean of 3, 4, 5, 6
+    assert ss.iqm([7.0, 100.0, 1.0, 4.0, 2.0, 6.0, 5.0, 3.0]) == 4.5
+    # pooled over tasks: [0, 1, 2, 3] + [10, 11, 12, 13] -> middle half 2, 3, 10, 11
+    assert ss.aggregate_iqm({"a": [0.0, 1.0, 2.0, 3.0], "b": [10.0, 11.0, 12.0, 13.0]}) == 6.5
+
+
+def test_ci_covers_true_mean_on_large_sample():
+    rng = np.random.default_rng(8)
+    x = rng.normal(3.0, 1.0, 2000)
+    lo, hi = ss.bootstrap_ci(x, seed=0, n_boot=2000)
+    assert lo < 3.0 < hi and hi - lo < 0.2  # half-width ~ 1.96 / sqrt(2000) = 0.044
+    scores = {f"t{i}": rng.normal(3.0, 1.0, 500) for i in range(4)}
+    lo, hi = ss.stratified_bootstrap_ci(scores, ss.aggregate_mean, n_boot=500, seed=0)
+    assert lo < 3.0 < hi and hi - lo < 0.2
+
+
+def test_probability_of_improvement_known_cases():
+    better = {"a": [5.0, 6.0], "b": [10.0]}
+    worse = {"a": [1.0, 2.0, 3.0], "b": [0.0, 9.0]}
+    assert ss.probability_of_improvement(better, worse) == 1.0  # every pair of every task is a win
+    assert ss.probability_of_improvement(worse, better) == 0.0
+    same = {"a": [1.0, 2.0, 3.0]}
+    assert ss.probability_of_improvement(same, same) == 0.5  # 3 wins + 3 ties / 2 of 9 pairs
+    assert ss.probability_of_improvement({"a": [4.0]}, {"a": [4.0]}) == 0.5  # a tie counts 1/2
+    assert ss.probability_of_improvement_ci(better, worse, n_boot=100) == (1.0, 1.0)
+
+
+def test_stratified_resample_keeps_task_counts_and_membership():
+    scores = {"a": np.arange(3.0), "b": 100 + np.arange(5.0), "c": np.array([7.0])}
+    rng = np.random.default_rng(9)
+    seen_b = set()
+    for _ in range(200):
+        r = ss.stratified_resample(scores, rng)
+        assert {k: len(v) for k, v in r.items()} == {"a": 3, "b": 5, "c": 1}
+        assert set(r["a"]) <= set(scores["a"]) and set(r["b"]) <= set(scores["b"]) and list(r["c"]) == [7.0]
+        seen_b |= set(r["b"])
+    assert seen_b == set(scores["b"])  # with replacement, yet every run gets drawn
+
+
+def test_bootstrap_ci_is_the_one_stratum_stratified_bootstrap():
+    x = np.random.default_rng(10).normal(size=37)
+    for seed in (0, 4):
+        assert ss.bootstrap_ci(x, seed=seed, n_boot=500) == ss.stratified_bootstrap_ci(
+            {"episodes": x}, ss.aggregate_mean, n_boot=500, seed=seed)
+
+
+def test_summarize_fields():
+    s = ss.summarize([1.0, 2.0, 3.0, 10.0], seed=1, n_boot=200)
+    assert s["num_episodes"] == 4 and s["returns"] == [1.0, 2.0, 3.0, 10.0]
+    assert s["mean"] == 4.0 and s["std"] == pytest.approx(np.std([1.0, 2.0, 3.0, 10.0])) and s["iqm"] == 2.5
+    assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        ss.summarize([])
+
+
+def test_target_return_for():
+    assert ss.target_return_for("walker", "walk") == ss.TARGET_RETURNS["walker_walk"] == 950.0
+    assert ss.target_return_for("reacher", "easy", override=1000) == 1000.0
+    with pytest.raises(ValueError, match="--target_return"):
+        ss.target_return_for("reacher", "easy")

@@ -1,4 +1,4 @@
-"""Tables and plots of the pretraining study from its committed cell JSONs (benchmarks/study_pretraining.py).
+"""Tables and plots of the pretraining study from its committed cell JSONs (studies/pretraining/run.py).
 
 Only (task, seed) pairs for which every init (scratch and both pretrained) finished enter a comparison, so an
 unfinished study never compares different subsets. A run's score is its mean test return / 10.
@@ -7,19 +7,26 @@ unfinished study never compares different subsets. A run's score is its mean tes
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
+import logging
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
-import study_stats as ss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from control_pretrain.eval import stats as ss
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+log = logging.getLogger("study")
 INITS = ("scratch", "pretrained-random", "pretrained-sac")
 GROUP_SETS = {"unseen_task": ("unseen_task",), "unseen_domain": ("unseen_domain",),
               "unseen (both)": ("unseen_task", "unseen_domain"), "seen": ("seen",)}
 COLORS = {"scratch": "#7f7f7f", "pretrained-random": "#1f77b4", "pretrained-sac": "#d62728"}
-N_BOOT = 5000
+N_BOOT = 5000  # bootstrap resamples of every CI in the committed summary
+RETURN_PER_SCORE = 10.0  # normalised score = return / 10: dm_control returns lie in [0, 1000]
 
 
 def load_cells(results_dir: str) -> list[dict]:
@@ -39,7 +46,7 @@ def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[
         if cell["method"] != method or cell["episodes"] != episodes or cell["group"] not in groups:
             continue
         entry = c[which] if c.get(which) else c["last"]
-        by_key[(cell["task"], cell["seed"])][cell["init"]] = entry["mean"] / 10.0
+        by_key[(cell["task"], cell["seed"])][cell["init"]] = entry["mean"] / RETURN_PER_SCORE
     out: dict[str, dict[str, list[float]]] = {i: defaultdict(list) for i in INITS}
     for (task, _seed), per_init in sorted(by_key.items()):
         if all(i in per_init for i in INITS):
@@ -48,7 +55,7 @@ def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[
     return {i: dict(v) for i, v in out.items()}
 
 
-def summarize_block(cells: list[dict], method: str, episodes: int) -> list[dict]:
+def summarize_block(cells: list[dict], method: str, episodes: int, n_boot: int = N_BOOT) -> list[dict]:
     rows = []
     for label, groups in GROUP_SETS.items():
         for which in ("last", "best"):
@@ -59,12 +66,12 @@ def summarize_block(cells: list[dict], method: str, episodes: int) -> list[dict]
                 s = scores[init]
                 row = {"method": method, "episodes": episodes, "group": label, "checkpoint": which, "init": init,
                        "tasks": len(s), "runs": int(sum(len(v) for v in s.values())),
-                       "iqm": ss.aggregate_iqm(s), "iqm_ci": ss.stratified_bootstrap_ci(s, n_boot=N_BOOT, seed=k),
+                       "iqm": ss.aggregate_iqm(s), "iqm_ci": ss.stratified_bootstrap_ci(s, n_boot=n_boot, seed=k),
                        "mean": ss.aggregate_mean(s),
-                       "mean_ci": ss.stratified_bootstrap_ci(s, ss.aggregate_mean, n_boot=N_BOOT, seed=k)}
+                       "mean_ci": ss.stratified_bootstrap_ci(s, ss.aggregate_mean, n_boot=n_boot, seed=k)}
                 if init != "scratch":
                     row["poi"] = ss.probability_of_improvement(s, scores["scratch"])
-                    row["poi_ci"] = ss.probability_of_improvement_ci(s, scores["scratch"], n_boot=N_BOOT, seed=k)
+                    row["poi_ci"] = ss.probability_of_improvement_ci(s, scores["scratch"], n_boot=n_boot, seed=k)
                 rows.append(row)
     return rows
 
@@ -82,9 +89,9 @@ def per_task_rows(cells: list[dict], method: str, episodes: int) -> list[dict]:
         row = {"task": task, "seeds": len(scores["scratch"][task]),
                "data_return": float(np.mean(demo.get(task, [np.nan])))}
         for init in INITS:
-            v = np.array(scores[init][task]) * 10
+            v = np.array(scores[init][task]) * RETURN_PER_SCORE
             row[init] = (float(v.mean()), float(v.std()))
-            row[init + "/best"] = float(np.mean(best[init][task]) * 10)
+            row[init + "/best"] = float(np.mean(best[init][task]) * RETURN_PER_SCORE)
         rows.append(row)
     return rows
 
@@ -237,28 +244,42 @@ def plot_pretrain(results_dir: str, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(preset, data: dict) -> dict:
-    results_dir = os.path.join(ROOT, "benchmarks", "results", preset.name)
+def write_text(path: str, text: str) -> None:
+    """Atomic: temp file + rename, so an interrupted report never leaves half a summary."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_report(preset, data: dict, results_dir: str | None = None, img_dir: str | None = None,
+                 n_boot: int = N_BOOT) -> dict:
+    """summary.json and summary.md of ``preset`` from its cell JSONs (under ``results_dir``, by default
+    studies/pretraining/results/{preset}) and, where matplotlib is installed, the plots in ``img_dir`` (docs/img).
+    ``n_boot`` other than ``N_BOOT`` gives other CIs than the committed summary (tests use fewer)."""
+    results_dir = results_dir or os.path.join(HERE, "results", preset.name)
     cells = load_cells(results_dir)
     summary = {"preset": preset.name, "cells_done": len(cells), "data": data, "blocks": []}
     for method, episodes in blocks(cells):
         summary["blocks"].append({"method": method, "episodes": episodes,
-                                  "rows": summarize_block(cells, method, episodes),
+                                  "rows": summarize_block(cells, method, episodes, n_boot),
                                   "per_task": per_task_rows(cells, method, episodes)})
+    # sorted: a set's order changes from run to run (hash seeds), the summary's key order must not
     summary["wall_s_per_cell"] = {m: float(np.mean([c["wall_s"] for c in cells if c["cell"]["method"] == m]))
-                                  for m in {c["cell"]["method"] for c in cells}}
+                                  for m in sorted({c["cell"]["method"] for c in cells})}
     os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(results_dir, "summary.md"), "w") as f:
-        f.write(markdown(summary))
-    img = os.path.join(ROOT, "docs", "img")
-    os.makedirs(img, exist_ok=True)
-    prefix = "study" if preset.name == "cpu" else f"study_{preset.name}"
-    if summary["blocks"]:
-        plot_iqm(summary, os.path.join(img, f"{prefix}_iqm.png"))
-    for method, episodes in blocks(cells):
-        plot_curves(cells, method, episodes, os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
-    plot_pretrain(results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))
-    print(markdown(summary))
+    write_text(os.path.join(results_dir, "summary.json"), json.dumps(summary, indent=1))
+    write_text(os.path.join(results_dir, "summary.md"), markdown(summary))
+    if importlib.util.find_spec("matplotlib") is None:
+        log.warning("matplotlib is not installed (pip install -e '.[bench]'): plots skipped, tables written")
+    else:
+        img = img_dir or os.path.join(ROOT, "docs", "img")
+        os.makedirs(img, exist_ok=True)
+        prefix = "study" if preset.name == "cpu" else f"study_{preset.name}"
+        if summary["blocks"]:
+            plot_iqm(summary, os.path.join(img, f"{prefix}_iqm.png"))
+        for method, episodes in blocks(cells):
+            plot_curves(cells, method, episodes, os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
+        plot_pretrain(results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))
+    sys.stdout.write(markdown(summary) + "\n")  # the tables are the command's output
     return summary

@@ -4,16 +4,18 @@ Reproduces the design of SMART's downstream experiments (smart.md §3, paper Fig
 pretrain one control transformer on the paper's task set (walker stand/run, cheetah run, cartpole swingup,
 hopper hop) with random-policy data and one with SAC exploratory replay, then finetune behaviour cloning (BC) and
 return-conditioned (RTG) policies on seen tasks, unseen tasks and unseen domains from few episodes, pretrained
-vs from scratch, over several seeds, and aggregate rliable-style (benchmarks/study_stats.py).
+vs from scratch, over several seeds, and aggregate rliable-style (control_pretrain/eval/stats.py). The scales
+are YAML presets (studies/pretraining/presets/{cpu,paper}.yaml, typed by preset.py).
 
 Stages (``--stage all`` runs them in order; each one skips what is already done):
   data      collect pretraining data (random + SAC replay), train a SAC agent per downstream task, roll out
             demonstrations with it (``--policy checkpoint``), link the RTG data (SAC replay + demo validation)
   pretrain  one SMART pretraining run per pretraining data kind
   cells     finetuning cells (method, task, episodes, init, seed) in priority order; each finished cell writes
-            benchmarks/results/{preset}/cells/{cell}.json atomically (temp file + rename); an interrupted cell
+            studies/pretraining/results/{preset}/cells/{cell}.json atomically (temp file + rename); an interrupted cell
             leaves no JSON and reruns from scratch next time
-  report    tables (markdown), aggregate JSON and plots (docs/img/study_*.png) from the committed cell JSONs
+  report    tables (markdown), aggregate JSON and plots (docs/img/study_*.png; skipped without matplotlib) from
+            the committed cell JSONs
 
 Deviations from the paper, deliberate: demonstrations come from a briefly trained SAC agent, not a 1M-step
 replay; few-shot cells take an exact number of episodes (``--num_episodes``), drawn at random per seed; the
@@ -21,10 +23,11 @@ score of a run is the mean return over held-out test seeds of the *last* checkpo
 checkpoint is reported beside it; the paper reported max over epochs on the selection episodes).
 
 Usage:
-  python benchmarks/study_pretraining.py --preset cpu                       # everything, resumable
-  python benchmarks/study_pretraining.py --preset cpu --stage cells --only method=bc,episodes=10 --jobs 2
-  python benchmarks/study_pretraining.py --preset cpu --stage report
-  python benchmarks/study_pretraining.py --preset paper --dry_run          # the GPU preset's commands
+  python studies/pretraining/run.py --preset cpu                       # everything, resumable
+  python studies/pretraining/run.py --preset cpu --stage cells --only method=bc,episodes=10 --jobs 2
+  python studies/pretraining/run.py --preset cpu --stage report
+  python studies/pretraining/run.py --preset paper --dry_run          # the GPU preset's commands
+  python studies/pretraining/run.py --preset my_scale.yaml --dry_run  # a preset file of your own
 """
 
 from __future__ import annotations
@@ -46,118 +49,22 @@ import sys
 import time
 from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [HERE, os.path.join(ROOT, "src")]  # report.py, preset.py; the package of this checkout
+
+from preset import Preset, load_preset, preset_names
+from report import RETURN_PER_SCORE
+
+from control_pretrain.errors import UserError
 
 log = logging.getLogger("study")
 
 GROUPS = ("seen", "unseen_task", "unseen_domain")
 INITS = ("scratch", "pretrained-random", "pretrained-sac")
 PRETRAIN_KIND = {"pretrained-random": "rand", "pretrained-sac": "full"}
+EPISODE_STEPS = 250  # agent steps of a dm_control episode: 1000 env steps at action repeat 4 (smart.md §2.1)
 
-
-@dataclass(frozen=True)
-class Preset:
-    """Everything that defines one scale of the study."""
-
-    name: str
-    obs_type: str  # state or pixels
-    model: dict  # n_layer, n_head, n_embd
-    context_length: int
-    batch_size: int
-    pretrain_tasks: str  # task-set JSON
-    pretrain_random_steps: int  # random-policy steps per pretraining task
-    pretrain_sac_steps: int  # SAC replay steps per pretraining task
-    pretrain_epochs: int
-    pretrain_batches_per_epoch: int  # 0: the whole data each epoch
-    downstream_sac_steps: int  # SAC training steps per downstream task (its replay is the RTG data)
-    demo_train_steps: int  # demonstration steps (whole 250-step episodes) for training, per task
-    demo_val_steps: int  # demonstration steps for validation (another seed)
-    demo_action_noise: float
-    tasks: dict  # group -> ["domain-task", ...]
-    episodes: tuple  # few-shot episode counts
-    seeds: tuple
-    methods: tuple  # bc, rtg
-    finetune_steps: int
-    val_every: int  # optimiser steps between selection evaluations
-    eval_episodes: int
-    num_workers: int = 0
-    target_returns: dict = dataclasses.field(default_factory=dict)  # RTG targets for tasks outside SMART's table
-    extra_collect: tuple = ()  # e.g. ("--pixels",)
-    extra_train: tuple = ()  # e.g. ("--trainer.precision", "bf16-mixed")
-    sac_flags: tuple = ()
-    notes: str = ""
-
-    def task_group(self, task: str) -> str:
-        return next(g for g, ts in self.tasks.items() if task in ts)
-
-
-PRESETS = {
-    # 2-core CPU, a few hours in total (the part of it run so far: docs/results.md)
-    "cpu": Preset(
-        name="cpu",
-        obs_type="state",
-        model={"n_layer": 2, "n_head": 2, "n_embd": 64},
-        context_length=20,
-        batch_size=64,
-        pretrain_tasks="configs/pretrain_configs/multipretrain_source_v1.json",
-        pretrain_random_steps=10_000,
-        pretrain_sac_steps=10_000,
-        pretrain_epochs=4,
-        pretrain_batches_per_epoch=400,
-        downstream_sac_steps=15_000,
-        demo_train_steps=15_000,  # 60 episodes: enough for the 50-episode cells
-        demo_val_steps=2_500,
-        demo_action_noise=0.1,
-        # hopper-stand and pendulum-swingup (the paper's) are out: a 15k-step SAC agent still scores 0 on both
-        # (measured, docs/results.md), so their demonstrations carry no signal; reacher-easy replaces pendulum
-        tasks={
-            "unseen_task": ["walker-walk", "cartpole-balance"],
-            "unseen_domain": ["finger-spin", "reacher-easy"],
-            "seen": ["walker-stand", "cartpole-swingup"],
-        },
-        target_returns={"reacher-easy": 1000.0},
-        episodes=(10, 50),
-        seeds=(1, 2, 3),
-        methods=("bc", "rtg"),
-        finetune_steps=300,
-        val_every=100,
-        eval_episodes=10,
-        notes="state observations, 2x64 model, K=20; 10k random + 10k SAC steps per pretraining task",
-    ),
-    # GPU: the paper's model and data sizes (smart.md §1.8, §2.1); defined, not run on this project's CPUs
-    "paper": Preset(
-        name="paper",
-        obs_type="pixels",
-        model={"n_layer": 8, "n_head": 8, "n_embd": 256},
-        context_length=30,
-        batch_size=256,
-        pretrain_tasks="configs/pretrain_configs/multipretrain_source_v1.json",
-        pretrain_random_steps=100_000,
-        pretrain_sac_steps=1_000_000,
-        pretrain_epochs=10,
-        pretrain_batches_per_epoch=0,
-        downstream_sac_steps=500_000,
-        demo_train_steps=25_000,  # 100 episodes
-        demo_val_steps=5_000,
-        demo_action_noise=0.1,
-        tasks={
-            "unseen_task": ["walker-walk", "cartpole-balance", "hopper-stand"],
-            "unseen_domain": ["finger-spin", "pendulum-swingup"],
-            "seen": ["walker-stand", "walker-run", "cheetah-run", "cartpole-swingup", "hopper-hop"],
-        },
-        episodes=(10, 50),
-        seeds=(1, 2, 3, 4, 5),
-        methods=("bc", "rtg"),
-        finetune_steps=6_000,  # the README's 30 epochs at ~200 steps each
-        val_every=1_000,
-        eval_episodes=50,
-        num_workers=4,
-        extra_collect=("--pixels",),
-        extra_train=("--trainer.precision", "bf16-mixed", "--trainer.accelerator", "gpu", "--trainer.devices", "1"),
-        notes="84x84 pixels, 8x256 model, K=30, the paper's 10 tasks; needs GPUs (~days of data collection on CPUs)",
-    ),
-}
 
 # Priority: if time runs out, the finished cells still form a coherent subset (all tasks x inits x seeds).
 PRIORITY = [("bc", 10, ("unseen_task", "unseen_domain")), ("rtg", 10, ("unseen_task", "unseen_domain")),
@@ -193,7 +100,7 @@ def out_root(p: Preset) -> str:
 
 
 def results_root(p: Preset) -> str:
-    return f"benchmarks/results/{p.name}"
+    return f"studies/pretraining/results/{p.name}"
 
 
 def split(task: str) -> tuple[str, str]:
@@ -287,9 +194,16 @@ def stage_data(p: Preset, tasks: list[str], dry_run: bool) -> None:
 
 
 def data_summary(p: Preset, tasks: list[str]) -> dict:
-    """Episodes and returns of every file the study uses (for the report)."""
+    """Episodes and returns of every file the study uses (for the report). A file that is not on this machine
+    (the data are not committed) keeps its entry of the committed summary.json, so ``--stage report`` on a fresh
+    checkout reproduces the committed summary."""
     from control_pretrain.data.trajectory_file import TrajectoryFile
 
+    committed = os.path.join(ROOT, results_root(p), "summary.json")
+    previous = {}
+    if os.path.exists(committed):
+        with open(committed) as f:
+            previous = json.load(f).get("data", {})
     root = data_root(p)
     files = {}
     for task in pretrain_task_list(p):
@@ -303,9 +217,11 @@ def data_summary(p: Preset, tasks: list[str]) -> dict:
     for key, path in files.items():
         full = os.path.join(ROOT, path)
         if not os.path.exists(full):
+            if key in previous:
+                out[key] = previous[key]
             continue
         r = TrajectoryFile(full).episode_returns()
-        out[key] = {"path": path, "episodes": len(r), "steps": int(len(r) * 250),
+        out[key] = {"path": path, "episodes": len(r), "steps": int(len(r) * EPISODE_STEPS),
                     "return_mean": float(r.mean()), "return_max": float(r.max()),
                     "return_last10_mean": float(r[-10:].mean())}
     return out
@@ -444,7 +360,7 @@ def finish_cell(p: Preset, cell: Cell, cmd: list[str], wall: float) -> dict:
         "preset": p.name,
         "command": " ".join(cmd),
         "seed": cell.seed,
-        "score": report["mean"] / 10.0,  # normalised score: return / 10 (dm_control returns are in [0, 1000])
+        "score": report["mean"] / RETURN_PER_SCORE,
         "last": {k: report[k] for k in pick if k in report},
         "best": {k: v for k, v in report.get("best", {}).items() if k in (*pick, "selection_score")},
         "target_return": report.get("target_return"),
@@ -577,7 +493,8 @@ def stage_cells(p: Preset, cells: list[Cell], jobs: int, stop_at: str | None, ki
 # ---- stage: report --------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="scale of the study")
+    ap.add_argument("--preset", default="cpu",
+                    help=f"scale of the study: {', '.join(preset_names())} (presets/*.yaml) or a YAML file path")
     ap.add_argument("--stage", choices=("all", "data", "pretrain", "cells", "report"), default="all")
     ap.add_argument("--only", help="cell filter, e.g. method=bc,episodes=10 or task=walker-walk|finger-spin "
                                    "(keys: method, task, episodes, init, seed, group)")
@@ -589,8 +506,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup: running cells are stopped
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.chdir(ROOT)
-    sys.path.insert(0, os.path.join(ROOT, "src"))
-    p = PRESETS[args.preset]
+    try:
+        p = load_preset(args.preset)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     only = parse_only(args.only)
     cells = select_cells(p, only)
     tasks = sorted({c.task for c in cells}) or [t for ts in p.tasks.values() for t in ts]
@@ -601,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "cells"):
         stage_cells(p, cells, args.jobs, args.stop_at, args.kill_at, args.dry_run)
     if args.stage in ("all", "report"):
-        from study_report import write_report
+        from report import write_report
 
         write_report(p, data_summary(p, [t for ts in p.tasks.values() for t in ts]))
 
