@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import ROOT, SRC, run_script, write_synthetic
 
-from control_pretrain.agents.sac import ReplayBuffer, SACAgent, SACConfig
+from control_pretrain.agents.replay import ReplayBuffer
+from control_pretrain.agents.sac import SACAgent, SACConfig
 from control_pretrain.collect.checkpoint import collect_checkpoint
 from control_pretrain.collect.job import CollectJob
 from control_pretrain.collect.sac import agent_file, collect_sac, log_dir, state_file
@@ -46,8 +47,8 @@ def metrics(job) -> list[dict]:
 def filled_buffer(obs_dim=5, action_dim=2, n=500) -> ReplayBuffer:
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(obs_dim, action_dim, n, seed=0)
-    buf.add_batch(rng.normal(size=(n, obs_dim)), rng.uniform(-1, 1, (n, action_dim)), rng.uniform(0, 1, n),
-                  rng.normal(size=(n, obs_dim)), np.ones(n))
+    buf.add(rng.normal(size=(n, obs_dim)), rng.uniform(-1, 1, (n, action_dim)), rng.uniform(0, 1, n), np.ones(n),
+            np.zeros(n, bool))
     return buf
 
 
