@@ -179,6 +179,8 @@ class OnlineLoop:
         returns = evaluate(self.agent, self.eval_env, self.cfg.eval_episodes)
         self._log(**{"eval/return_mean": float(np.mean(returns)), "eval/return_std": float(np.std(returns))})
         self.last_eval_step = self.step
+        log.info("step %d: evaluation return %.1f +- %.1f over %d episodes", self.step, np.mean(returns),
+                 np.std(returns), len(returns))
         return returns
 
     def _log(self, **values: float) -> None:

@@ -66,9 +66,9 @@ class ReplayBuffer:
         step_offset = np.arange(n) + np.concatenate([[0], np.cumsum(known)[:-1]])
         final_offset = step_offset[known] + 1
         m = n + len(final_offset)
-        kind_obs = np.empty((m, *self.obs.shape[1:]), self.obs.dtype)
-        kind_obs[step_offset] = obs
-        kind_obs[final_offset] = final_obs[: len(final_offset)]
+        rows_obs = np.empty((m, *self.obs.shape[1:]), self.obs.dtype)
+        rows_obs[step_offset] = obs
+        rows_obs[final_offset] = final_obs[: len(final_offset)]
         has_next = np.zeros(m, bool)
         has_next[step_offset] = ~ends | known
         actions_m, rewards_m, not_dones_m = (np.zeros((m, *a.shape[1:]), a.dtype) for a in
@@ -76,14 +76,14 @@ class ReplayBuffer:
         actions_m[step_offset] = actions
         rewards_m[step_offset] = np.asarray(rewards, np.float32).reshape(n)
         not_dones_m[step_offset] = np.asarray(not_dones, np.float32).reshape(n)
-        keep = slice(max(0, m - self.capacity), m)  # a write longer than the ring keeps its newest rows
-        idx = (self.pos + np.arange(m)[keep] - keep.start) % self.capacity
-        self.obs[idx], self.actions[idx], self.rewards[idx] = kind_obs[keep], actions_m[keep], rewards_m[keep]
+        # a write longer than the ring keeps its newest rows, where row-by-row writes would have left them
+        keep = slice(max(0, m - self.capacity), m)
+        idx = (self.pos + np.arange(keep.start, m)) % self.capacity
+        self.obs[idx], self.actions[idx], self.rewards[idx] = rows_obs[keep], actions_m[keep], rewards_m[keep]
         self.not_dones[idx], self.has_next[idx] = not_dones_m[keep], has_next[keep]
-        written = m - keep.start
-        self.pos = (self.pos + written) % self.capacity
-        self.size = min(self.size + written, self.capacity)
-        self.rows_written += written
+        self.pos = (self.pos + m) % self.capacity
+        self.size = min(self.size + m, self.capacity)
+        self.rows_written += m
 
     def add_step(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminal: bool,
                  timeout: bool) -> None:

@@ -115,14 +115,16 @@ class Recording:
         loop.take_snapshot()
 
 
-def collect_sac(job: CollectJob, progress: Callable[[int], None] | None = None) -> str:
-    """Train SAC for at least ``num_steps`` agent steps (whole episodes) and record its whole replay."""
+def collect_sac(job: CollectJob, progress: Callable[[int], None] | None = None, metrics_dir: str | None = None,
+                device: str = "cpu") -> str:
+    """Train SAC for at least ``num_steps`` agent steps (whole episodes) and record its whole replay. Metrics go to
+    ``metrics_dir`` (default ``log_dir(job)``); ``dmc_online.py --record`` passes its output folder."""
     # A stop (Ctrl-C, `kill`, a scheduler) keeps the run for --resume, also when this runs outside collect_many.
     with stop_signals():
-        return _collect_sac(job, progress)
+        return _collect_sac(job, progress, metrics_dir or log_dir(job), device)
 
 
-def _collect_sac(job: CollectJob, progress: Callable[[int], None] | None) -> str:
+def _collect_sac(job: CollectJob, progress: Callable[[int], None] | None, metrics_dir: str, device: str) -> str:
     import torch
 
     torch.set_num_threads(1)  # several collectors share the cores; one update is too small to split well
@@ -140,9 +142,9 @@ def _collect_sac(job: CollectJob, progress: Callable[[int], None] | None) -> str
                 os.remove(stale)
     env = job_env(job)
     eval_env = make_env(job.domain, job.task, seed=job.run_seed + EVAL_SEED_OFFSET, action_repeat=job.action_repeat)
-    metrics = MetricLog(log_dir(job))
+    metrics = MetricLog(metrics_dir)
     loop = make_loop("sac", env, job.sac, job.num_steps, job.run_seed, eval_env=eval_env, eval_every=job.eval_every,
-                     eval_episodes=job.eval_episodes, metrics=metrics, check_stop=check_stop)
+                     eval_episodes=job.eval_episodes, device=device, metrics=metrics, check_stop=check_stop)
     attrs = {**file_attrs(job, env), "sac_config": json.dumps(loop.agent.cfg.__dict__)}
     pixel_shape = (3, job.height, job.width) if job.pixels else None
 
