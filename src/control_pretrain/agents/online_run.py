@@ -142,6 +142,8 @@ def _train(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
     from .metric_log import MetricLog
     from .registry import make_loop
 
+    if run.device == "cpu":
+        torch.set_num_threads(1)  # a state-SAC update is too small to split across threads (agents/sac.py)
     state_path, agent_path = os.path.join(run.folder, STATE_FILE), os.path.join(run.folder, AGENT_FILE)
     env = make_env(run.domain, run.task, seed=run.seed, action_repeat=run.action_repeat)
     eval_env = make_env(run.domain, run.task, seed=run.seed + EVAL_SEED_OFFSET, action_repeat=run.action_repeat)
