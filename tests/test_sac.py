@@ -246,3 +246,15 @@ def test_sac_learns_cartpole_balance(tmp_path):
     returns = validate(job.path).episode_returns
     early, late = returns[:2].mean(), returns[-5:].mean()  # the first 2 episodes are (mostly) random actions
     assert late > early + 300, f"no learning: first episodes {returns[:2]}, last {returns[-5:]}"
+
+
+def test_saved_agent_layout_is_stable(tmp_path):
+    # .agent.pt files written since issue 4/7 (collect --save_agent) hold exactly these entries; loading must keep
+    # reading them (collect --policy checkpoint), on any device
+    agent = SACAgent(5, 2, SACConfig(hidden_dim=16))
+    agent.save(str(tmp_path / "a.pt"), extra={"domain": "cartpole", "task": "balance", "steps": 0})
+    saved = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert set(saved) == {"config", "obs_dim", "action_dim", "actor", "critic", "critic_target", "log_alpha",
+                          "num_updates", "optimizers", "domain", "task", "steps"}
+    assert set(saved["optimizers"]) == {"actor", "critic", "alpha"} and saved["config"]["hidden_dim"] == 16
+    assert all(t.device.type == "cpu" for t in saved["actor"].values())

@@ -28,7 +28,8 @@ import torch
 
 from ..envs.dmc import DMCEnv
 from .metric_log import MetricLog
-from .replay import ReplayBuffer, rng_state_from_numpy_dict, rng_state_from_torch, rng_state_to_torch
+from .replay import ReplayBuffer
+from .tensors import rng_state_from_torch, rng_state_to_torch, to_cpu
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class OnlineLoop:
                             "continued run differs slightly from an uninterrupted one", path)
             state["replay"] = self.replay.state_dict()
         tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save(state, tmp)
+        torch.save(to_cpu(state), tmp)
         os.replace(tmp, path)
 
     def load_snapshot(self, saved: dict, restore_rngs: bool = True) -> None:
@@ -234,8 +235,8 @@ class OnlineLoop:
             torch.cuda.set_rng_state(saved["rng_cuda"], getattr(self.agent, "device", None) or "cuda")
         if restore_rngs:
             self.rng.bit_generator.state = saved["rng_actions"]
-            rng_state_from_torch(self.replay.rng, saved["rng_replay"])
-            self.env.set_task_rng_state(rng_state_from_numpy_dict(saved["rng_env"]))
+            self.replay.rng.bit_generator.state = rng_state_from_torch(saved["rng_replay"])
+            self.env.set_task_rng_state(rng_state_from_torch(saved["rng_env"]))
             if self.eval_env is not None and "rng_eval_env" in saved:
-                self.eval_env.set_task_rng_state(rng_state_from_numpy_dict(saved["rng_eval_env"]))
+                self.eval_env.set_task_rng_state(rng_state_from_torch(saved["rng_eval_env"]))
         self.take_snapshot()

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .tensors import rng_state_from_torch, rng_state_to_torch
+
 
 @dataclass(frozen=True)
 class ReplayCursor:
@@ -132,7 +134,8 @@ class ReplayBuffer:
         return {"obs": torch.from_numpy(self.obs[:n]), "actions": torch.from_numpy(self.actions[:n]),
                 "rewards": torch.from_numpy(self.rewards[:n]), "not_dones": torch.from_numpy(self.not_dones[:n]),
                 "has_next": torch.from_numpy(self.has_next[:n]), "pos": self.pos, "size": n,
-                "rows_written": self.rows_written, "capacity": self.capacity, "rng": rng_state_to_torch(self.rng)}
+                "rows_written": self.rows_written, "capacity": self.capacity,
+                "rng": rng_state_to_torch(self.rng.bit_generator.state)}
 
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity or tuple(state["obs"].shape[1:]) != self.obs.shape[1:]:
@@ -142,24 +145,5 @@ class ReplayBuffer:
         for name in ("obs", "actions", "rewards", "not_dones", "has_next"):
             getattr(self, name)[:n] = state[name].numpy()
         self.pos, self.size, self.rows_written = int(state["pos"]), n, int(state["rows_written"])
-        rng_state_from_torch(self.rng, state["rng"])
+        self.rng.bit_generator.state = rng_state_from_torch(state["rng"])
 
-
-def rng_state_to_torch(rng: np.random.Generator | dict) -> dict:
-    """A numpy Generator's (or a legacy-free RandomState's) state with its arrays as tensors (weights_only-safe)."""
-    state = rng.bit_generator.state if isinstance(rng, np.random.Generator) else rng
-    inner = {k: torch.from_numpy(v.astype(np.int64)) if isinstance(v, np.ndarray) else v
-             for k, v in state["state"].items()}
-    return {**state, "state": inner}
-
-
-def rng_state_from_numpy_dict(state: dict) -> dict:
-    """Inverse of ``rng_state_to_torch`` for a state dict (uint32 keys, as MT19937 holds them)."""
-    inner = {k: v.numpy().astype(np.uint32) if torch.is_tensor(v) else v for k, v in state["state"].items()}
-    return {**state, "state": inner}
-
-
-def rng_state_from_torch(rng: np.random.Generator, state: dict) -> None:
-    if any(torch.is_tensor(v) for v in state["state"].values()):
-        state = rng_state_from_numpy_dict(state)
-    rng.bit_generator.state = state

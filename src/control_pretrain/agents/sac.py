@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.ema import ema_update
+from .tensors import to_cpu
 
 
 @dataclass
@@ -232,7 +233,7 @@ class SACAgent:
     def save(self, path: str, extra: dict | None = None) -> None:
         """Write config + weights (+ optimisers, + ``extra``) to ``path`` atomically."""
         tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save({**self.state_dict(), **(extra or {})}, tmp)
+        torch.save(to_cpu({**self.state_dict(), **(extra or {})}), tmp)  # loadable on machines without a GPU
         os.replace(tmp, path)
 
     @classmethod

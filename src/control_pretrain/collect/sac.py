@@ -1,23 +1,21 @@
-"""``--policy sac`` and ``--policy checkpoint`` collectors: the ``fullcollect`` data of SMART (smart.md §1.1).
+"""``--policy sac``: the ``fullcollect`` data of SMART (smart.md §1.1), the recording half of a SAC run.
 
-``sac``: a state-based SAC agent (agents/sac.py) learns, in the online loop every agent uses (agents/loop.py), the task with action repeat 4 and every transition it
-experiences is recorded, from its first ``init_steps`` uniformly random steps to its last, in the DESIGN.md
-alignment (row i: the observation it saw, its action, the reward that followed). Differences from
-ycsun2017/data_collect_dmc: the whole run is kept (the reference dropped its last partial 10k chunk), and pixels are
-optional (the learner never sees them; rendering them is pure recording cost).
+A state-based SAC agent (agents/sac.py) learns the task with action repeat 4 in the online loop every agent uses
+(agents/loop.py), and every transition it experiences is recorded, from its first ``init_steps`` uniformly random
+steps to its last, in the DESIGN.md alignment (row i: the observation it saw, its action, the reward that
+followed). Differences from ycsun2017/data_collect_dmc: the whole run is kept (the reference dropped its last
+partial 10k chunk), and pixels are optional (the learner never sees them; rendering them is pure recording cost).
 
 Interruption and ``--resume``: the file is written in whole episodes to ``{file}.tmp-partial`` (writer.py), and the
 learner's state at the end of the last written episode (weights, optimisers, temperature, step counters, the final
-observation of every episode and the RNG states of torch, numpy and the environment) is saved to
-``{file}.tmp-partial.state.pt`` every ``checkpoint_every`` episodes and on any exception. ``--resume`` reopens both,
-rebuilds the replay buffer from the file's transitions (plus the saved final observations, which the file does not
-hold; the state file holds no replay rows, so it stays small), and continues; with the state saved at the interruption the continued run is the run that would have
-happened without it. If the state file is older than the data (a hard kill between checkpoints), the learner
-restarts from that older state and the episodes after it only feed the replay buffer; their last transitions are
-left out of the buffer (their next observation is unknown).
-
-``checkpoint``: rollouts of a saved agent (``--save_agent`` writes ``{file}.agent.pt``), its mean action plus
-optional Gaussian noise ``--action_noise``, for behaviour-cloning data of known quality.
+observation of every episode and the RNG states of torch, numpy and both environments) is saved to
+``{file}.tmp-partial.state.pt`` every ``checkpoint_every`` episodes and on any exception. The state file holds no
+replay rows (it stays small): ``--resume`` reopens both, rebuilds the replay buffer from the file's transitions
+(plus the saved final observations, which the file does not hold), and continues; with the state saved at the
+interruption the continued run is the run that would have happened without it. If the state file is older than
+the data (a hard kill between checkpoints), the learner restarts from that older state and the episodes after it
+only feed the replay buffer; their last transitions are left out of the samples (their next observation is
+unknown). ``--policy checkpoint`` (checkpoint.py) rolls out the agent ``--save_agent`` writes.
 """
 
 from __future__ import annotations
