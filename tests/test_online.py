@@ -66,6 +66,11 @@ def test_resume_after_an_interruption_continues_the_same_run(straight, tmp_path)
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def test_the_entry_script_runs():
+    res = run_script("dmc_online.py", "--help")
+    assert res.returncode == 0 and "--resume" in res.stdout and "--sac.hidden_dim" in res.stdout
+
+
 def test_clear_errors_exit_2(straight, tmp_path, capsys):
     common = ["--domain", "cartpole", "--task", "balance", "--num_steps", "500", "--seed", "3"]
     cases = [
@@ -80,10 +85,8 @@ def test_clear_errors_exit_2(straight, tmp_path, capsys):
 
 
 def test_record_writes_the_replay_like_collect(tmp_path):
-    res = run_script("dmc_online.py", "--domain", "cartpole", "--task", "balance", "--num_steps", "250",
-                     "--output_dir", str(tmp_path), "--record", "--eval_every", "0", "--sac.hidden_dim", "16",
-                     "--sac.init_steps", "250")
-    assert res.returncode == 0, res.stderr
+    assert main(["--domain", "cartpole", "--task", "balance", "--num_steps", "250", "--output_dir", str(tmp_path),
+                 "--record", "--eval_every", "0", "--sac.hidden_dim", "16", "--sac.init_steps", "250"]) == 0
     path = tmp_path / "fullcollect_cartpole_balance" / "cartpole_balance_s1.h5"
     info = validate(str(path))
     assert info.attrs["policy"] == "sac" and info.num_steps == 250

@@ -119,3 +119,12 @@ def test_samples_live_on_the_buffer_device():
         batch = buf.sample(8)
         assert all(t.device.type == device for t in batch)
         assert [tuple(t.shape) for t in batch] == [(8, 3), (8, 2), (8, 1), (8, 3), (8, 1)]
+
+
+def test_sampling_needs_a_complete_transition():
+    buf = ReplayBuffer(3, 2, 10)
+    with pytest.raises(ValueError, match="empty"):
+        buf.sample(4)
+    buf.add_step(*stream()[0])  # one step, its next observation not written yet
+    with pytest.raises(ValueError, match="too few"):
+        buf.sample(4)

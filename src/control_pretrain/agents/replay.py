@@ -20,6 +20,9 @@ import torch
 
 from .tensors import rng_state_from_torch, rng_state_to_torch
 
+# Redraw rounds before giving up: only a buffer with (almost) no complete transition needs more than a few.
+MAX_REDRAWS = 100
+
 
 @dataclass(frozen=True)
 class ReplayCursor:
@@ -101,13 +104,17 @@ class ReplayBuffer:
     def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """(obs, action, reward (B, 1), next_obs, not_done (B, 1)) on the buffer's device, uniform over sampleable
         rows (same seed and adds: same batches)."""
-        if self.num_transitions == 0:
-            raise ValueError("the replay buffer holds no complete transition yet")
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty")
         idx = self.rng.integers(0, self.size, batch_size)
         bad = ~self._sampleable(idx)
-        while bad.any():
+        for _ in range(MAX_REDRAWS):  # about one row in 250 is unsampleable: one redraw round is the rule
+            if not bad.any():
+                break
             idx[bad] = self.rng.integers(0, self.size, int(bad.sum()))
             bad = ~self._sampleable(idx)
+        else:
+            raise ValueError(f"the replay buffer holds too few complete transitions to sample ({self.num_transitions})")
         nxt = (idx + 1) % self.capacity
         arrays = (self.obs[idx], self.actions[idx], self.rewards[idx, None], self.obs[nxt], self.not_dones[idx, None])
         return tuple(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays)
