@@ -54,7 +54,8 @@ def load() -> str:
 def bench_updates(rounds: int, n_updates: int) -> dict[str, float]:
     import torch
 
-    from control_pretrain.agents.sac import ReplayBuffer, SACAgent, SACConfig
+    from control_pretrain.agents.replay import ReplayBuffer
+    from control_pretrain.agents.sac import SACAgent, SACConfig
 
     torch.set_num_threads(1)
     configs = {"256x2, batch 128 (default)": SACConfig(), "256x2, batch 256": SACConfig(batch_size=256),
@@ -62,8 +63,7 @@ def bench_updates(rounds: int, n_updates: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(17, 6, 20_000)
     n = 20_000
-    buf.add_batch(rng.normal(size=(n, 17)), rng.uniform(-1, 1, (n, 6)), rng.uniform(0, 4, n), rng.normal(size=(n, 17)),
-                  np.ones(n))
+    buf.add(rng.normal(size=(n, 17)), rng.uniform(-1, 1, (n, 6)), rng.uniform(0, 4, n), np.ones(n), np.zeros(n, bool))
     agents = {k: SACAgent(17, 6, c) for k, c in configs.items()}
     times: dict[str, list[float]] = {k: [] for k in configs}
     for _ in range(rounds):

@@ -48,6 +48,12 @@ def test_out_of_bound_actions_are_clipped():
     a, b = make_env("pendulum", "swingup", seed=0), make_env("pendulum", "swingup", seed=0)
     a.reset(), b.reset()
     np.testing.assert_array_equal(a.step(np.array([5.0]))[0], b.step(np.array([1.0]))[0])
+    # MuJoCo clamps pendulum's ctrllimited actuator itself, so the observations alone would not notice a missing
+    # clip: the control written to the physics must already be in bounds
+    a.step(np.array([5.0]))
+    np.testing.assert_array_equal(a.physics.data.ctrl, [1.0])
+    a.step(np.array([-7.0]))
+    np.testing.assert_array_equal(a.physics.data.ctrl, [-1.0])
 
 
 def test_observation_layout():
@@ -78,3 +84,12 @@ def test_quadruped_uses_its_conventional_camera():
 def test_unknown_domain_or_task(domain, task, needle):
     with pytest.raises(EnvSpecError, match=needle):
         make_env(domain, task)
+
+
+def test_task_rng_state_round_trip_replays_the_next_initial_states():
+    env = make_env("cartpole", "swingup", seed=0)
+    env.reset()
+    state = env.task_rng_state()
+    first = [env.reset() for _ in range(2)]
+    env.set_task_rng_state(state)
+    np.testing.assert_array_equal(first, [env.reset() for _ in range(2)])

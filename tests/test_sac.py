@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import ROOT, SRC, run_script, write_synthetic
 
-from control_pretrain.agents.sac import ReplayBuffer, SACAgent, SACConfig
+from control_pretrain.agents.replay import ReplayBuffer
+from control_pretrain.agents.sac import SACAgent, SACConfig
 from control_pretrain.collect.checkpoint import collect_checkpoint
 from control_pretrain.collect.job import CollectJob
 from control_pretrain.collect.sac import agent_file, collect_sac, log_dir, state_file
@@ -46,8 +47,8 @@ def metrics(job) -> list[dict]:
 def filled_buffer(obs_dim=5, action_dim=2, n=500) -> ReplayBuffer:
     rng = np.random.default_rng(0)
     buf = ReplayBuffer(obs_dim, action_dim, n, seed=0)
-    buf.add_batch(rng.normal(size=(n, obs_dim)), rng.uniform(-1, 1, (n, action_dim)), rng.uniform(0, 1, n),
-                  rng.normal(size=(n, obs_dim)), np.ones(n))
+    buf.add(rng.normal(size=(n, obs_dim)), rng.uniform(-1, 1, (n, action_dim)), rng.uniform(0, 1, n), np.ones(n),
+            np.zeros(n, bool))
     return buf
 
 
@@ -245,3 +246,15 @@ def test_sac_learns_cartpole_balance(tmp_path):
     returns = validate(job.path).episode_returns
     early, late = returns[:2].mean(), returns[-5:].mean()  # the first 2 episodes are (mostly) random actions
     assert late > early + 300, f"no learning: first episodes {returns[:2]}, last {returns[-5:]}"
+
+
+def test_saved_agent_layout_is_stable(tmp_path):
+    # .agent.pt files written since issue 4/7 (collect --save_agent) hold exactly these entries; loading must keep
+    # reading them (collect --policy checkpoint), on any device
+    agent = SACAgent(5, 2, SACConfig(hidden_dim=16))
+    agent.save(str(tmp_path / "a.pt"), extra={"domain": "cartpole", "task": "balance", "steps": 0})
+    saved = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert set(saved) == {"config", "obs_dim", "action_dim", "actor", "critic", "critic_target", "log_alpha",
+                          "num_updates", "optimizers", "domain", "task", "steps"}
+    assert set(saved["optimizers"]) == {"actor", "critic", "alpha"} and saved["config"]["hidden_dim"] == 16
+    assert all(t.device.type == "cpu" for t in saved["actor"].values())

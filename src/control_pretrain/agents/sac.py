@@ -10,6 +10,8 @@ Deliberate deviations (for a 2-core CPU):
   costs about 10x more (measured: 22 vs 250 updates/s at batch 128, one thread); 256x2 is the usual state-SAC
   size (Haarnoja et al. 2018).
 - ``updates_per_step`` (default 1.0, the reference's ratio) may be lowered to trade sample efficiency for speed.
+- runs on CPU or GPU (``device``); the replay buffer (agents/replay.py) and the online loop (agents/loop.py) live
+  in their own files.
 Batch 128 is SAC-AE's; 256 (pytorch_sac's) costs about 1.6x more per update on a CPU.
 """
 
@@ -17,12 +19,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..models.ema import ema_update
+from .tensors import to_cpu
 
 
 @dataclass
@@ -109,17 +115,20 @@ class Critic(nn.Module):
 
 
 class SACAgent:
-    """Actor, twin critics, target critics and temperature, with their optimisers. CPU only, float32."""
+    """Actor, twin critics, target critics and temperature, with their optimisers, float32 on ``device`` (CPU or
+    GPU). Follows the agent protocol of agents/loop.py (act, update, state_dict, load_state_dict)."""
 
-    def __init__(self, obs_dim: int, action_dim: int, cfg: SACConfig | None = None) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, cfg: SACConfig | None = None,
+                 device: str | torch.device = "cpu") -> None:
         self.cfg = cfg = cfg or SACConfig()
         self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.actor = Actor(obs_dim, action_dim, cfg)
-        self.critic = Critic(obs_dim, action_dim, cfg)
-        self.critic_target = Critic(obs_dim, action_dim, cfg)
+        self.device = torch.device(device)
+        self.actor = Actor(obs_dim, action_dim, cfg).to(self.device)
+        self.critic = Critic(obs_dim, action_dim, cfg).to(self.device)
+        self.critic_target = Critic(obs_dim, action_dim, cfg).to(self.device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature), device=self.device))
         self.target_entropy = -float(action_dim)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, betas=(cfg.actor_beta, 0.999))
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr,
@@ -128,28 +137,32 @@ class SACAgent:
         self.num_updates = 0
 
     @property
+    def batch_size(self) -> int:
+        return self.cfg.batch_size
+
+    @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """One action in [-1, 1] for one observation (the mean action if ``deterministic``)."""
-        o = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)  # (1, O)
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)  # (1, O)
         if deterministic:
             action = torch.tanh(self.actor(o)[0])
         else:
             action = self.actor.sample(o)[0]
-        return action[0].numpy()
+        return action[0].cpu().numpy()
 
     def update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
                not_done: torch.Tensor) -> dict[str, float]:
-        """One critic update (and, every few, an actor/temperature and target update) on a batch.
-        Shapes: obs/next_obs (B, O), action (B, A), reward/not_done (B, 1)."""
+        """One critic update (and, every few, an actor/temperature and target update) on a batch on the agent's
+        device. Shapes: obs/next_obs (B, O), action (B, A), reward/not_done (B, 1)."""
         cfg = self.cfg
         with torch.no_grad():
             next_action, next_log_prob = self.actor.sample(next_obs)
             target_q = self.critic_target(next_obs, next_action).min(0).values  # (B, 1)
-            target = reward + cfg.discount * not_done * (target_q - self.alpha * next_log_prob)
+            target = reward + cfg.discount * not_done * (target_q - self.alpha * next_log_prob)  # (B, 1)
         q = self.critic(obs, action)  # (2, B, 1)
         critic_loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(dim=(1, 2)).sum()
         self.critic_opt.zero_grad(set_to_none=True)
@@ -160,7 +173,7 @@ class SACAgent:
 
         if self.num_updates % cfg.actor_update_every == 0:
             self.critic.requires_grad_(False)  # the actor loss must not write critic gradients
-            pi, log_prob = self.actor.sample(obs)
+            pi, log_prob = self.actor.sample(obs)  # (B, A), (B, 1)
             actor_q = self.critic(obs, pi).min(0).values  # (B, 1)
             actor_loss = (self.alpha.detach() * log_prob - actor_q).mean()
             self.actor_opt.zero_grad(set_to_none=True)
@@ -174,13 +187,12 @@ class SACAgent:
             info.update(actor_loss=actor_loss.item(), alpha=self.alpha.item(), entropy=-log_prob.mean().item())
 
         if self.num_updates % cfg.target_update_every == 0:
-            with torch.no_grad():
-                for p, tp in zip(self.critic.parameters(), self.critic_target.parameters()):
-                    tp.lerp_(p, cfg.tau)
+            ema_update(self.critic_target, self.critic, cfg.tau)  # SAC-AE's soft_update_params(critic_tau)
         return info
 
     def state_dict(self, with_optimizers: bool = True) -> dict:
-        """Config, sizes and weights (and optimiser states): everything ``from_state_dict`` needs."""
+        """Config, sizes and weights (and optimiser states): everything ``from_state_dict`` needs. The layout of
+        the saved ``.agent.pt`` files (collect --save_agent); tensors stay on the agent's device until saved."""
         state = {
             "config": asdict(self.cfg),
             "obs_dim": self.obs_dim,
@@ -196,59 +208,37 @@ class SACAgent:
                                    "alpha": self.alpha_opt.state_dict()}
         return state
 
-    @classmethod
-    def from_state_dict(cls, state: dict) -> SACAgent:
-        agent = cls(state["obs_dim"], state["action_dim"], SACConfig.from_dict(state["config"]))
-        agent.actor.load_state_dict(state["actor"])
-        agent.critic.load_state_dict(state["critic"])
-        agent.critic_target.load_state_dict(state["critic_target"])
+    def load_state_dict(self, state: dict) -> None:
+        """Load weights, temperature, counter (and optimisers, if saved) of the same sizes, from any device."""
+        if (state["obs_dim"], state["action_dim"]) != (self.obs_dim, self.action_dim):
+            raise ValueError(f"saved agent has obs {state['obs_dim']} / actions {state['action_dim']}, this one "
+                             f"{self.obs_dim} / {self.action_dim}")
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
         with torch.no_grad():
-            agent.log_alpha.copy_(state["log_alpha"])
-        agent.num_updates = int(state["num_updates"])
-        if "optimizers" in state:
-            agent.actor_opt.load_state_dict(state["optimizers"]["actor"])
-            agent.critic_opt.load_state_dict(state["optimizers"]["critic"])
-            agent.alpha_opt.load_state_dict(state["optimizers"]["alpha"])
+            self.log_alpha.copy_(state["log_alpha"])
+        self.num_updates = int(state["num_updates"])
+        if "optimizers" in state:  # Optimizer.load_state_dict moves the moments to each parameter's device
+            self.actor_opt.load_state_dict(state["optimizers"]["actor"])
+            self.critic_opt.load_state_dict(state["optimizers"]["critic"])
+            self.alpha_opt.load_state_dict(state["optimizers"]["alpha"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: str | torch.device = "cpu") -> SACAgent:
+        agent = cls(state["obs_dim"], state["action_dim"], SACConfig.from_dict(state["config"]), device=device)
+        agent.load_state_dict(state)
         return agent
 
     def save(self, path: str, extra: dict | None = None) -> None:
         """Write config + weights (+ optimisers, + ``extra``) to ``path`` atomically."""
-        import os
-
         tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save({**self.state_dict(), **(extra or {})}, tmp)
+        torch.save(to_cpu({**self.state_dict(), **(extra or {})}), tmp)  # loadable on machines without a GPU
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str) -> tuple[SACAgent, dict]:
-        """The agent saved at ``path`` and the whole saved dict (for any ``extra`` entries)."""
+    def load(cls, path: str, device: str | torch.device = "cpu") -> tuple[SACAgent, dict]:
+        """The agent saved at ``path`` (weights only: no code is unpickled) and the whole saved dict (for any
+        ``extra`` entries)."""
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return cls.from_state_dict(state), state
-
-
-class ReplayBuffer:
-    """Fixed-capacity transition storage in numpy; samples float32 torch batches."""
-
-    def __init__(self, obs_dim: int, action_dim: int, capacity: int, seed: int = 0) -> None:
-        self.obs = np.empty((capacity, obs_dim), np.float32)
-        self.next_obs = np.empty((capacity, obs_dim), np.float32)
-        self.actions = np.empty((capacity, action_dim), np.float32)
-        self.rewards = np.empty((capacity, 1), np.float32)
-        self.not_dones = np.empty((capacity, 1), np.float32)
-        self.capacity, self.size, self.pos = capacity, 0, 0
-        self.rng = np.random.default_rng(seed)
-
-    def add_batch(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
-                  not_done: np.ndarray) -> None:
-        """Append n transitions (ring buffer: the oldest are overwritten once full)."""
-        for i in range(len(obs)):
-            j = self.pos
-            self.obs[j], self.actions[j], self.rewards[j, 0] = obs[i], action[i], reward[i]
-            self.next_obs[j], self.not_dones[j, 0] = next_obs[i], not_done[i]
-            self.pos = (self.pos + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
-
-    def sample(self, batch_size: int) -> tuple[torch.Tensor, ...]:
-        idx = self.rng.integers(0, self.size, batch_size)
-        return tuple(torch.from_numpy(a[idx]) for a in (self.obs, self.actions, self.rewards, self.next_obs,
-                                                        self.not_dones))
+        return cls.from_state_dict(state, device=device), state

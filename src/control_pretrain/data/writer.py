@@ -124,6 +124,10 @@ class TrajectoryWriter:
         if self.resumable:
             self._h5.flush()  # the partial file on disk then holds this episode
 
+    def read(self, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The rows written so far of ``keys`` (a resumed collection rebuilds its learner's replay from them)."""
+        return {k: self._h5[k][: self.num_steps] for k in keys}
+
     def flush(self) -> None:
         self._h5.flush()
 

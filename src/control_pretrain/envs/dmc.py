@@ -120,6 +120,14 @@ class DMCEnv:
         timeout = bool(ts.last() and not terminal)
         return self._flat_obs(ts.observation), float(reward), terminal, timeout
 
+    def task_rng_state(self) -> dict:
+        """The state of the task's RandomState, which draws every episode's initial state (a resumed run restores
+        it to reset into the episodes the uninterrupted run would have had)."""
+        return self._env.task.random.get_state(legacy=False)
+
+    def set_task_rng_state(self, state: dict) -> None:
+        self._env.task.random.set_state(state)
+
     def physics_state(self) -> np.ndarray:
         return self.physics.get_state().astype(np.float32)
 

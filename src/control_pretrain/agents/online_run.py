@@ -1,0 +1,178 @@
+"""One online training run in its own folder (``python src/dmc_online.py``): train, log, snapshot, resume.
+
+The folder holds ``run.json`` (what the run is: agent, task, seed, options), ``metrics.jsonl`` and TensorBoard
+events (agents/metric_log.py), ``state.pt`` (the loop's snapshot with its replay rows, every ``checkpoint_every``
+episodes and on any interruption; removed when the run finishes) and, at the end, ``agent.pt`` (the same format as
+``collect --save_agent``, so ``collect --policy checkpoint --agent_path`` can roll it out). ``--record`` instead
+runs ``collect --policy sac``'s recorder (collect/sac.py): the whole replay is written as a dataset file under
+``{output_dir}/fullcollect_{domain}_{task}/``, resumable the same way, and the metrics still go to the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from ..errors import ArgumentError
+from .loop import EVAL_SEED_OFFSET
+
+log = logging.getLogger(__name__)
+
+RUN_FILE, STATE_FILE, AGENT_FILE = "run.json", "state.pt", "agent.pt"
+# One snapshot holds the whole replay (up to 1M rows), so it is saved less often than collect's (20 episodes,
+# learner only); an interruption always saves the latest one.
+CHECKPOINT_EVERY = 100
+
+
+@dataclass(frozen=True)
+class OnlineRun:
+    agent: str
+    domain: str
+    task: str
+    num_steps: int
+    obs_type: str = "state"
+    seed: int = 1
+    output_dir: str | None = None  # default: runs/online/{agent}_{domain}_{task}_s{seed}
+    resume: bool = False
+    record: bool = False
+    overrides: dict = field(default_factory=dict)  # --{agent}.NAME options
+    eval_every: int = 10000
+    eval_episodes: int = 5
+    checkpoint_every: int = CHECKPOINT_EVERY
+    action_repeat: int = 4
+    device: str = "cpu"
+
+    @property
+    def folder(self) -> str:
+        return self.output_dir or os.path.join("runs", "online", f"{self.agent}_{self.domain}_{self.task}_s{self.seed}")
+
+    def identity(self) -> dict:
+        """What must match for ``--resume`` to continue a folder's run (evaluation and device may change)."""
+        keep = ("agent", "domain", "task", "num_steps", "obs_type", "seed", "record", "overrides", "action_repeat")
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+
+def check_run(run: OnlineRun) -> None:
+    """Options that cannot work, before anything is written."""
+    from .registry import AGENTS
+
+    if run.agent not in AGENTS:
+        raise ArgumentError(f"--agent {run.agent!r} is unknown; available: {', '.join(AGENTS)}.")
+    if run.obs_type == "pixels":
+        raise ArgumentError("--obs_type pixels: SAC from pixels arrives with issue [6/9] (MLR, issue 17); use "
+                            "--obs_type state for now.")
+    if run.obs_type != "state":
+        raise ArgumentError(f"--obs_type must be state or pixels, got {run.obs_type!r}.")
+    if run.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ArgumentError(f"--device {run.device}: no CUDA device is visible here; use --device cpu.")
+    if run.num_steps < 1:
+        raise ArgumentError(f"--num_steps must be positive, got {run.num_steps}.")
+
+
+def check_folder(run: OnlineRun) -> None:
+    """A folder holds one run: start it fresh (empty folder) or ``--resume`` the same one."""
+    path = os.path.join(run.folder, RUN_FILE)
+    if not os.path.exists(path):
+        if run.resume:
+            raise ArgumentError(f"--resume: nothing to resume in {run.folder} (no {RUN_FILE}); run without "
+                                "--resume to start it.")
+        return
+    with open(path) as f:
+        found = json.load(f)
+    if found != run.identity():
+        diff = {k: (found.get(k), v) for k, v in run.identity().items() if found.get(k) != v}
+        raise ArgumentError(f"{run.folder} holds another run ({RUN_FILE}: found vs given {diff}); pick another "
+                            "--output_dir, or give the same options to --resume it.")
+    if not run.resume:
+        raise ArgumentError(f"{run.folder} already holds this run: pass --resume to continue it, or pick another "
+                            "--output_dir.")
+    if not run.record and not os.path.exists(os.path.join(run.folder, STATE_FILE)):
+        done = os.path.exists(os.path.join(run.folder, AGENT_FILE))
+        raise ArgumentError(f"--resume: nothing to resume in {run.folder}: "
+                            + ("the run finished (agent.pt)." if done else
+                               f"it stopped before its first episode ended (no {STATE_FILE}); run it again without "
+                               "--resume in an empty folder."))
+
+
+def _write_run_file(run: OnlineRun) -> None:
+    os.makedirs(run.folder, exist_ok=True)
+    path = os.path.join(run.folder, RUN_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(run.identity(), f, indent=1)
+    os.replace(tmp, path)
+
+
+def train_online(run: OnlineRun, progress: Callable[[int], None] | None = None) -> str:
+    """Train (and with ``record`` record) one run; returns the saved agent's path (or the dataset file's).
+    ``progress(steps)`` is called after each episode."""
+    check_run(run)
+    check_folder(run)
+    _write_run_file(run)
+    if run.record:
+        return _record(run, progress)
+    from ..collect.job import stop_signals
+
+    with stop_signals():
+        return _train(run, progress)
+
+
+def _record(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
+    from ..collect.job import CollectJob
+    from ..collect.sac import collect_sac
+
+    job = CollectJob(domain=run.domain, task=run.task, replay_id=run.seed, num_steps=run.num_steps,
+                     data_dir_prefix=run.folder, policy="sac", seed=run.seed, action_repeat=run.action_repeat,
+                     resume=run.resume, sac=run.overrides, save_agent=True, eval_every=run.eval_every,
+                     eval_episodes=run.eval_episodes, checkpoint_every=run.checkpoint_every)
+    return collect_sac(job, progress, metrics_dir=run.folder, device=run.device)
+
+
+def _train(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
+    import torch
+
+    from ..collect.job import check_stop
+    from ..envs.dmc import make_env
+    from .metric_log import MetricLog
+    from .registry import make_loop
+
+    if run.device == "cpu":
+        torch.set_num_threads(1)  # a state-SAC update is too small to split across threads (agents/sac.py)
+    state_path, agent_path = os.path.join(run.folder, STATE_FILE), os.path.join(run.folder, AGENT_FILE)
+    env = make_env(run.domain, run.task, seed=run.seed, action_repeat=run.action_repeat)
+    eval_env = make_env(run.domain, run.task, seed=run.seed + EVAL_SEED_OFFSET, action_repeat=run.action_repeat)
+    metrics = MetricLog(run.folder)
+    try:
+        loop = make_loop(run.agent, env, run.overrides, run.num_steps, run.seed, eval_env=eval_env,
+                         eval_every=run.eval_every, eval_episodes=run.eval_episodes, device=run.device,
+                         metrics=metrics, check_stop=check_stop)
+        if run.resume:
+            loop.load_snapshot(torch.load(state_path, map_location="cpu", weights_only=True))
+            log.info("%s: resuming at step %d (%d episodes)", run.folder, loop.step, loop.episodes)
+
+        def after_episode(steps: int) -> None:
+            if loop.episodes % run.checkpoint_every == 0:
+                loop.save_snapshot(state_path)
+            log.info("step %d/%d, episode %d", loop.step, run.num_steps, loop.episodes)
+            if progress:
+                progress(steps)
+
+        try:
+            loop.run(after_episode=after_episode)
+        except BaseException:
+            loop.save_snapshot(state_path)  # as of the last whole episode: --resume continues from there
+            raise
+        loop.agent.save(agent_path, extra={"domain": run.domain, "task": run.task, "steps": loop.step})
+        if os.path.exists(state_path):
+            os.remove(state_path)
+    finally:
+        metrics.close()
+        env.close()
+        eval_env.close()
+    return agent_path

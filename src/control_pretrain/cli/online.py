@@ -1,0 +1,64 @@
+"""``python src/dmc_online.py``: train an online agent (SAC today) in dm_control, with evaluation curves and
+``--resume`` (agents/online_run.py says what its output folder holds)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+
+from ..errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..agents.online_run import CHECKPOINT_EVERY
+    from ..agents.registry import AGENTS
+
+    p = argparse.ArgumentParser(prog="dmc_online.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--agent", default="sac", choices=sorted(AGENTS))
+    p.add_argument("--domain", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--obs_type", default="state", choices=["state", "pixels"],
+                   help="what the agent sees (pixels: with the MLR issue)")
+    p.add_argument("--num_steps", type=int, required=True, help="agent steps (whole episodes)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--output_dir", default=None, help="default runs/online/{agent}_{domain}_{task}_s{seed}")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output_dir")
+    p.add_argument("--record", action="store_true",
+                   help="also write the whole replay as a dataset file, exactly like collect --policy sac")
+    p.add_argument("--eval_every", type=int, default=10000, help="agent steps between evaluations (0: never)")
+    p.add_argument("--eval_episodes", type=int, default=5)
+    p.add_argument("--checkpoint_every", type=int, default=CHECKPOINT_EVERY,
+                   help="episodes between saves of the resume state")
+    p.add_argument("--action_repeat", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    for name, (config_cls, _) in AGENTS.items():
+        g = p.add_argument_group(f"{name} options (defaults: {config_cls.__module__})")
+        for f in fields(config_cls):
+            g.add_argument(f"--{name}.{f.name}", type=type(f.default), default=None,
+                           metavar=type(f.default).__name__.upper(), help=f"default {f.default}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..agents.online_run import OnlineRun, train_online
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    prefix = f"{args.agent}."
+    overrides = {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix) and v is not None}
+    run = OnlineRun(agent=args.agent, domain=args.domain, task=args.task, num_steps=args.num_steps,
+                    obs_type=args.obs_type, seed=args.seed, output_dir=args.output_dir, resume=args.resume,
+                    record=args.record, overrides=overrides, eval_every=args.eval_every,
+                    eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
+                    action_repeat=args.action_repeat, device=args.device)
+    try:
+        print(train_online(run))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the run is kept in {run.folder}; continue it with --resume", file=sys.stderr)
+        return 130
+    return 0
