@@ -211,9 +211,13 @@ def build_module(size: str, obs_type: str, share_passes: bool = True, seed: int 
     torch.manual_seed(seed)
     n_layer, n_embd, n_head = SIZES[size]
     # Fixed RMHC mask sizes (mid-curriculum); the mask size does not change the cost of a step.
+    objectives = [{"class_path": f"control_pretrain.objectives.{name}",
+                   "init_args": {"config": {"share_passes": share_passes}}}
+                  for name in ("ForwardDynamicsObjective", "InverseDynamicsObjective")]
+    objectives.append({"class_path": "control_pretrain.objectives.MaskedHindsightControlObjective"})
     return PretrainModule(obs_type=obs_type, obs_dim=STATE_OBS_DIM if obs_type == "state" else 0,
                           action_dim=ACTION_DIM, n_layer=n_layer, n_head=n_head, n_embd=n_embd, context_length=K,
-                          share_passes=share_passes, mask_actions=15, mask_obs=6, lr_schedule="constant").train()
+                          objectives=objectives, mask_actions=15, mask_obs=6, lr_schedule="constant").train()
 
 
 def make_optimizer(module):
@@ -231,7 +235,8 @@ def plain_step(module, opt, batch) -> None:
     loss = module.compute_losses(batch)["loss"]
     loss.backward()
     opt.step()
-    module.model.update_target(module.hparams.ema_tau)
+    for objective in module.objectives.values():
+        objective.after_optimizer_step(module.model)  # the EMA target update
 
 
 def count_passes(module, opt, batch) -> int:

@@ -5,9 +5,16 @@ The original README's commands run verbatim, e.g.
 --source_data_type rand --train_replay_id 5 --epochs 10 --num_steps 80000 --model_type naive
 --output_dir ./outputs/pretrain_explore/ --data_dir_prefix data``, and so do LightningCLI overrides
 (``--config``, ``--print_config``, ``--trainer.*``, ``--model.*``, ``--data.*``, ``--seed_everything``).
+
+``--method NAME`` (default ``smart``) loads the method preset ``configs/methods/NAME.yaml`` first; ``--config``
+files and flags stack on top of it (last wins). ``--model_type`` is accepted for the original command lines and
+ignored: pretraining trains no policy head.
 """
 
-from control_pretrain.cli.train import run_cli
+import logging
+import sys
+
+from control_pretrain.cli.train import drop_flag, run_cli
 from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.lit.pretrain_module import PretrainModule
 
@@ -19,12 +26,19 @@ FLAGS = {
     "--load_model_from": "--model.init_from",
 }
 
+DEFAULT_METHOD = "smart"
+log = logging.getLogger("dmc_pretrain")
 
 
 def main(argv: list[str] | None = None):
+    argv, model_type = drop_flag(sys.argv[1:] if argv is None else list(argv), ("--model_type", "--model.model_type"))
+    if model_type is not None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        log.info("--model_type %s ignored: pretraining trains no policy head (it matters to dmc_downstream.py)",
+                 model_type)
     return run_cli(PretrainModule, MultiTaskDataModule, FLAGS, {},
                    trainer_defaults={"max_epochs": 10, "gradient_clip_val": 1.0, "default_root_dir": "outputs/pretrain"},
-                   description=__doc__, argv=argv)
+                   description=__doc__, argv=argv, method=DEFAULT_METHOD)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared fixtures: real dm_control data collected once per session, and helpers to build synthetic files."""
+"""Shared fixtures: real dm_control data collected once per session, helpers to build synthetic files, and the
+tiny model, batch and CLI arguments every training test uses."""
 
 import os
 import subprocess
@@ -8,6 +9,14 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 import pytest
+
+# ---- tiny models and batches (test_model, test_objectives, test_objective_contract) ----------------------------
+OBS_DIM, ACTION_DIM, VALID_DIMS, K, C = 5, 4, 3, 4, 32  # action dim 3 is padding (another domain's slot)
+
+# ---- tiny CLI runs (test_pretrain, test_ddp, test_blob) ----------------------------------------------------------
+TINY_MODEL_ARGS = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6"]
+TINY_ARGS = [*TINY_MODEL_ARGS, "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.limit_train_batches",
+             "3", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--quiet"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
@@ -91,3 +100,36 @@ def run_in_process(main, args: list[str]):
         return main(args)
     finally:
         sys.argv = saved
+
+
+def tiny_model(obs_type: str = "state", **overrides):
+    """A 2-layer, 32-wide ControlTransformer over K=4 steps."""
+    from control_pretrain.models.control_transformer import ControlTransformer, ControlTransformerConfig
+
+    kwargs = {"obs_type": obs_type, "obs_dim": OBS_DIM, "action_dim": ACTION_DIM, "n_layer": 2, "n_head": 2,
+              "n_embd": C, "context_length": K, "max_timestep": 64, "state_hidden": 16}
+    return ControlTransformer(ControlTransformerConfig(**{**kwargs, **overrides}))
+
+
+def make_batch(obs_type: str = "state", B: int = 3, T: int = K, num_actions: int | None = None) -> dict:
+    """A batch as the DataModule delivers it (T observations, ``num_actions`` actions, default T); action dim 3
+    is padding (another domain's slot)."""
+    import torch
+
+    Ta = T if num_actions is None else num_actions
+    action_mask = torch.zeros(B, ACTION_DIM)
+    action_mask[:, :VALID_DIMS] = 1
+    batch = {
+        "actions": (torch.rand(B, Ta, ACTION_DIM) * 2 - 1) * action_mask[:, None],
+        "action_mask": action_mask,
+        "timesteps": torch.arange(T).repeat(B, 1) + 3,
+        "rtg": torch.rand(B, T) * 500,
+        "rewards": torch.rand(B, T),
+        "task_id": torch.zeros(B, dtype=torch.long),
+        "domain_id": torch.zeros(B, dtype=torch.long),
+    }
+    if obs_type == "pixels":
+        batch["pixels"] = torch.randint(0, 256, (B, T, 3, 84, 84), dtype=torch.uint8)
+    else:
+        batch["observations"] = torch.randn(B, T, OBS_DIM)
+    return batch

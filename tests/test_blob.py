@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_in_process, run_script, write_synthetic
+from conftest import ROOT, TINY_ARGS, run_in_process, run_script, write_synthetic
 
 import dmc_pretrain
 from control_pretrain.data.datamodules.downstream import DownstreamDataModule
@@ -28,9 +28,7 @@ from control_pretrain.storage import blob as storage
 
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 TASKSET = "configs/pretrain_configs/multipretrain_source_test.json"
-TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",
-        "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.limit_train_batches", "3",
-        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--quiet"]
+TINY = TINY_ARGS
 
 
 def conn_string(port: int, key: str = ACCOUNT_KEY) -> str:

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script, scalars
+from conftest import ROOT, TINY_MODEL_ARGS, run_script, scalars
 
 from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.data.windows import ShardedSampler
@@ -19,8 +19,7 @@ from control_pretrain.lit.pretrain_module import PretrainModule
 
 # Forward and inverse dynamics only: their validation losses are deterministic, so the logged value can be
 # recomputed exactly. 2 tasks x 3 training episodes x 245 windows = 1470 windows = 2 ranks x 49 batches x 15.
-TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",
-        "--model.masked_hindsight_weight", "0", "--data.num_workers", "0", "--trainer.accelerator", "cpu",
+TINY = [*TINY_MODEL_ARGS, "--model.masked_hindsight_weight", "0", "--data.num_workers", "0", "--trainer.accelerator", "cpu",
         "--trainer.log_every_n_steps", "10", "--quiet"]
 ENV = {"PYTHONPATH": os.path.join(ROOT, "tests"), "OMP_NUM_THREADS": "1"}
 

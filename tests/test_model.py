@@ -1,36 +1,22 @@
-"""ControlTransformer: shapes (state and pixels, 2K / 2T-1 tokens, T < K), config round trip, EMA target,
-weight-decay groups."""
+"""ControlTransformer and its blocks: shapes (state and pixels, 2K / 2T-1 tokens, T < K), key-padding masks,
+config round trip, the trunk protocol, EMA target, weight-decay groups."""
 
 import pytest
 import torch
+from conftest import C, make_batch, tiny_model
 from torch import nn
 
+from control_pretrain.models.blocks import Block
 from control_pretrain.models.control_transformer import (
     ControlTransformer,
     ControlTransformerConfig,
     param_groups,
     split_tokens,
 )
-from control_pretrain.models.encoders import PixelEncoder
-
-OBS_DIM, ACTION_DIM = 5, 4
-
-
-def tiny_model(obs_type: str, **overrides) -> ControlTransformer:
-    kwargs = {"obs_type": obs_type, "obs_dim": OBS_DIM, "action_dim": ACTION_DIM, "n_layer": 2, "n_head": 2,
-              "n_embd": 32, "context_length": 4, "max_timestep": 64, "state_hidden": 16}
-    return ControlTransformer(ControlTransformerConfig(**{**kwargs, **overrides}))
-
-
-def make_batch(model: ControlTransformer, B: int = 2, T: int | None = None, num_actions: int | None = None) -> dict:
-    T = T or model.config.context_length
-    Ta = T if num_actions is None else num_actions
-    batch = {"actions": torch.rand(B, Ta, ACTION_DIM) * 2 - 1, "timesteps": torch.arange(T).repeat(B, 1) + 7}
-    if model.config.obs_type == "pixels":
-        batch["pixels"] = torch.randint(0, 256, (B, T, 3, 84, 84), dtype=torch.uint8)
-    else:
-        batch["observations"] = torch.randn(B, T, OBS_DIM)
-    return batch
+from control_pretrain.models.ema import ema_update
+from control_pretrain.models.encoders import CNN_FEATURES, PIXEL_SIZE, PixelEncoder
+from control_pretrain.models.masks import causal_mask
+from control_pretrain.models.trunk import Trunk
 
 
 def run(model: ControlTransformer, batch: dict, kind: str = "causal") -> torch.Tensor:
@@ -42,7 +28,7 @@ def run(model: ControlTransformer, batch: dict, kind: str = "causal") -> torch.T
 @pytest.mark.parametrize(("T", "Ta"), [(4, 4), (4, 3), (2, 2), (2, 1), (1, 0)])
 def test_shapes(obs_type, T, Ta):
     model = tiny_model(obs_type)
-    batch = make_batch(model, T=T, num_actions=Ta)
+    batch = make_batch(obs_type, B=2, T=T, num_actions=Ta)
     obs = model.encode_observations(batch)
     assert obs.shape == (2, T, 32)
     hidden = run(model, batch)
@@ -55,7 +41,7 @@ def test_shapes(obs_type, T, Ta):
 def test_full_sequence_and_2t_minus_1_agree_on_shared_prefix():
     """Causality: dropping the last action token changes no earlier output."""
     model = tiny_model("state").eval()
-    batch = make_batch(model)
+    batch = make_batch(model.config.obs_type)
     short = dict(batch, actions=batch["actions"][:, :-1])
     assert torch.allclose(run(model, batch)[:, :-1], run(model, short), atol=1e-6)
 
@@ -63,15 +49,15 @@ def test_full_sequence_and_2t_minus_1_agree_on_shared_prefix():
 def test_rejects_bad_lengths():
     model = tiny_model("state")
     with pytest.raises(ValueError):
-        run(model, make_batch(model, T=3, num_actions=1))
+        run(model, make_batch(T=3, num_actions=1))
     with pytest.raises(ValueError):
-        run(model, make_batch(model, T=5))
+        run(model, make_batch(T=5))
 
 
 def test_timesteps_are_per_step():
     """Each token carries its own timestep (the original broadcast the window's first step to every token)."""
     model = tiny_model("state").eval()
-    batch = make_batch(model)
+    batch = make_batch(model.config.obs_type)
     shifted = dict(batch, timesteps=batch["timesteps"].clone())
     shifted["timesteps"][:, 2] += 1
     a, b = run(model, batch), run(model, shifted)
@@ -97,7 +83,7 @@ def test_config_round_trip_rebuilds_the_same_model(obs_type):
     assert any(k.startswith("target_obs_encoder.") for k in state)
     rebuilt = ControlTransformer.from_config(model.to_config()).eval()
     rebuilt.load_state_dict(state)
-    batch = make_batch(model)
+    batch = make_batch(model.config.obs_type)
     assert torch.equal(run(model, batch), run(rebuilt, batch))
 
 
@@ -119,7 +105,7 @@ def test_target_encoder_is_frozen_copy_and_moves_only_on_update():
         for p in model.obs_encoder.parameters():
             p.add_(1.0)
     before = [p.clone() for p in model.target_obs_encoder.parameters()]
-    model.update_target(0.25)
+    ema_update(model.target_obs_encoder, model.obs_encoder, 0.25)
     for b, p_t, p in zip(before, model.target_obs_encoder.parameters(), model.obs_encoder.parameters(), strict=True):
         assert torch.allclose(p_t, 0.75 * b + 0.25 * p)
 
@@ -153,3 +139,40 @@ def test_param_groups_decay_only_weight_matrices(obs_type):
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
     assert not any(id(p) in {id(q) for q in grouped} for p in model.target_obs_encoder.parameters())
+
+
+def test_block_key_padding_equals_dropping_the_padded_tokens():
+    torch.manual_seed(0)
+    block = Block(C, 2, dropout=0.0).eval()
+    x = torch.randn(2, 6, C)
+    padding = torch.zeros(2, 6, dtype=torch.bool)
+    padding[0, 4:] = True  # sample 0 has 4 real tokens, sample 1 has 6
+    out = block(x, key_padding_mask=padding)
+    assert torch.allclose(out[0, :4], block(x[:1, :4])[0], atol=1e-6)
+    assert torch.allclose(out[1], block(x[1:])[0], atol=1e-6)
+    # with a causal mask too: the first 4 tokens of sample 0 still only see each other, causally
+    causal = causal_mask(6)
+    out = block(x, causal, padding)
+    assert torch.allclose(out[0, :4], block(x[:1, :4], causal[:4, :4])[0], atol=1e-6)
+    # the padded tokens really are ignored: changing them changes no real token's output
+    x2 = x.clone()
+    x2[0, 4:] = torch.randn(2, C)
+    assert torch.equal(block(x2, key_padding_mask=padding)[0, :4], block(x, key_padding_mask=padding)[0, :4])
+
+
+def test_state_dict_keys_are_those_of_older_checkpoints():
+    keys = set(tiny_model().state_dict())
+    for key in ("blocks.0.attn.c_attn.weight", "blocks.0.attn.c_proj.bias", "blocks.1.ln_1.weight",
+                "blocks.1.ln_2.bias", "blocks.0.mlp.c_fc.weight", "blocks.0.mlp.c_proj.weight", "ln_f.weight",
+                "pos_emb", "mask_token", "timestep_emb.weight", "obs_encoder.net.0.weight",
+                "target_obs_encoder.net.0.weight", "action_encoder.net.0.weight"):
+        assert key in keys, key
+
+
+def test_control_transformer_is_a_trunk():
+    assert isinstance(tiny_model(), Trunk)
+
+
+def test_pixel_feature_count_is_derived_from_the_frame_size():
+    assert PIXEL_SIZE == 84 and CNN_FEATURES == 3136
+    assert PixelEncoder(8).net[-2].in_features == CNN_FEATURES

@@ -1,11 +1,12 @@
-"""Objectives: information-leak tests with the real model and masks, pass sharing, the parameter-update check,
-padded action dims, the mask curriculum."""
+"""Objectives: information-leak tests with the real model and masks, RMHC read positions, pass sharing, the
+parameter-update check, padded action dims, rollout histories, the mask curriculum."""
 
 import pytest
 import torch
+from conftest import ACTION_DIM, VALID_DIMS, C, K, make_batch, tiny_model
 from torch import nn
 
-from control_pretrain.models.control_transformer import ControlTransformer, ControlTransformerConfig, param_groups
+from control_pretrain.models.control_transformer import param_groups
 from control_pretrain.objectives import (
     BehaviorCloningObjective,
     ForwardDynamicsConfig,
@@ -19,39 +20,10 @@ from control_pretrain.objectives import (
     curriculum_mask_sizes,
 )
 
-OBS_DIM, ACTION_DIM, VALID_DIMS, K, C = 5, 4, 3, 4, 32
-
-
-def tiny_model(obs_type: str = "state") -> ControlTransformer:
-    return ControlTransformer(ControlTransformerConfig(
-        obs_type=obs_type, obs_dim=OBS_DIM, action_dim=ACTION_DIM, n_layer=2, n_head=2, n_embd=C,
-        context_length=K, max_timestep=64, state_hidden=16))  # fmt: skip
-
-
-def make_batch(obs_type: str = "state", B: int = 3, T: int = K, num_actions: int | None = None) -> dict:
-    """A batch as the DataModule delivers it; action dim 3 is padding (another domain's slot)."""
-    Ta = T if num_actions is None else num_actions
-    action_mask = torch.zeros(B, ACTION_DIM)
-    action_mask[:, :VALID_DIMS] = 1
-    batch = {
-        "actions": (torch.rand(B, Ta, ACTION_DIM) * 2 - 1) * action_mask[:, None],
-        "action_mask": action_mask,
-        "timesteps": torch.arange(T).repeat(B, 1) + 3,
-        "rtg": torch.rand(B, T) * 500,
-        "rewards": torch.rand(B, T),
-        "task_id": torch.zeros(B, dtype=torch.long),
-        "domain_id": torch.zeros(B, dtype=torch.long),
-    }
-    if obs_type == "pixels":
-        batch["pixels"] = torch.randint(0, 256, (B, T, 3, 84, 84), dtype=torch.uint8)
-    else:
-        batch["observations"] = torch.randn(B, T, OBS_DIM)
-    return batch
-
 
 def pretraining_objectives(share_passes: bool = True) -> list[nn.Module]:
     return [
-        ForwardDynamicsObjective(C, ForwardDynamicsConfig(share_passes)),
+        ForwardDynamicsObjective(C, ACTION_DIM, ForwardDynamicsConfig(share_passes)),
         InverseDynamicsObjective(C, ACTION_DIM, InverseDynamicsConfig(share_passes)),
         MaskedHindsightControlObjective(C, ACTION_DIM, MaskedHindsightControlConfig(mask_actions=2, mask_obs=1)),
     ]
@@ -135,17 +107,33 @@ def test_rmhc_prediction_does_not_see_the_masked_action(obs_type):
         assert not same(pred(perturbed(batch, key, step)), base), (key, step)
 
 
-def test_rmhc_original_read_positions_reads_the_first_k_tokens():
+@pytest.mark.parametrize("original", [False, True])
+def test_rmhc_read_positions(original):
+    """Which hidden state each prediction is read from, found by perturbing one output position at a time: the fix
+    reads masked a_j at its own token 2j+1; the original bug (smart.md §2.5) read position j."""
     torch.manual_seed(0)
     model = tiny_model().eval()
-    rmhc = MaskedHindsightControlObjective(C, ACTION_DIM, MaskedHindsightControlConfig(original_read_positions=True))
+    rmhc = MaskedHindsightControlObjective(C, ACTION_DIM, MaskedHindsightControlConfig(original_read_positions=original))
     batch = make_batch()
     act_replace, obs_replace = rmhc.sample_masks(3, K, "cpu")
-    pred = rmhc.predict(model, batch, {}, act_replace, obs_replace)
-    hidden = model(model.encode_observations(batch), model.embed_actions(batch["actions"]), batch["timesteps"], None,
-                   obs_replace, act_replace)  # fmt: skip
-    assert torch.allclose(pred, rmhc.head(hidden[:, :K]))
-    assert torch.isfinite(rmhc(model, batch)["loss"])
+    base = rmhc.predict(model, batch, {}, act_replace, obs_replace)  # (B, K, A)
+
+    def changed_predictions(position: int) -> list[int]:
+        hook = model.ln_f.register_forward_hook(lambda _m, _i, out: out.index_add(
+            1, torch.tensor([position]), torch.ones_like(out[:, :1])))  # fmt: skip
+        try:
+            pred = rmhc.predict(model, batch, {}, act_replace, obs_replace)
+        finally:
+            hook.remove()
+        return [j for j in range(K) if not same(pred[:, j], base[:, j])]
+
+    for j in range(K):
+        reads = changed_predictions(j if original else 2 * j + 1)
+        assert reads == [j], (j, reads)
+    # the fix never reads observation tokens; the bug reads o_0, a_0, o_1, a_1 for a_0..a_3 and ignores a_2, a_3
+    ignored = [2 * j for j in range(K)] if not original else [5, 7]
+    for position in ignored:
+        assert changed_predictions(position) == [], position
 
 
 # ---- pass sharing --------------------------------------------------------------------------------------------------
@@ -193,7 +181,7 @@ def test_one_step_updates_every_trainable_parameter_and_not_the_target(obs_type)
         else:
             assert p.requires_grad and p.grad is not None, name
             assert not torch.equal(p, before[name]), name
-    model.update_target(0.5)
+    objectives[0].after_optimizer_step(model)  # forward dynamics' EMA hook
     assert not torch.equal(model.target_obs_encoder.net[0].weight, before["0.target_obs_encoder.net.0.weight"])
 
 
@@ -222,10 +210,18 @@ def test_padded_action_dims_do_not_contribute(objective_cls):
 @pytest.mark.parametrize("obs_type", ["state", "pixels"])
 @pytest.mark.parametrize("T", [1, 2, K])
 def test_predict_actions_on_histories_ending_with_an_observation(obs_type, T):
+    """A rollout history (T observations, T-1 actions, T <= K) predicts what the full training window predicts at
+    the same observation tokens: the causal pass never reads a_t or later steps for o_t's action."""
+    torch.manual_seed(0)
     model = tiny_model(obs_type).eval()
-    batch = make_batch(obs_type, B=2, T=T, num_actions=T - 1)
-    for policy in (BehaviorCloningObjective(C, ACTION_DIM), ReturnConditionedObjective(C, ACTION_DIM)):
-        assert policy.predict_actions(model, batch).shape == (2, T, ACTION_DIM)
+    full = make_batch(obs_type, B=2)
+    obs_key = "pixels" if obs_type == "pixels" else "observations"
+    history = {"actions": full["actions"][:, : T - 1], "timesteps": full["timesteps"][:, :T], "rtg": full["rtg"][:, :T],
+               obs_key: full[obs_key][:, :T]}
+    for policy in (BehaviorCloningObjective(C, ACTION_DIM).eval(), ReturnConditionedObjective(C, ACTION_DIM).eval()):
+        pred = policy.predict_actions(model, history)
+        assert pred.shape == (2, T, ACTION_DIM)
+        assert torch.allclose(pred, policy.predict_actions(model, full)[:, :T], atol=1e-5)
 
 
 def test_policy_losses_share_the_causal_pass():

@@ -1,20 +1,21 @@
-"""SMART pretraining through the real CLI on tiny collected data: contract (fit -> checkpoint -> reload ->
-identical outputs) for every objective, state and pixels; metrics; resume; config.yaml reproduces the run."""
+"""SMART pretraining through the real CLI on tiny collected data: fit -> checkpoint -> reload -> identical outputs
+once per observation type (every objective alone: test_objective_contract.py); metrics; resume; method presets
+and config stacking; config.yaml reproduces the run."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_in_process, run_script, scalars
+import yaml
+from conftest import TINY_ARGS, run_in_process, run_script, scalars
 
 import dmc_pretrain
 from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.lit.pretrain_module import PretrainModule
 
-TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",
-        "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.limit_train_batches", "3",
-        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--quiet"]
+TINY = TINY_ARGS
 OBJECTIVES = {"forward": "--model.forward_weight", "inverse": "--model.inverse_weight",
               "masked_hindsight": "--model.masked_hindsight_weight"}
 
@@ -31,17 +32,19 @@ def fixed_batch(cli):
 
 
 @pytest.mark.parametrize("obs_type", ["state", "pixels"])
-@pytest.mark.parametrize("objective", ["forward", "inverse", "masked_hindsight", "all"])
-def test_contract_fit_checkpoint_reload(objective, obs_type, collected_dir, pixel_dir, tmp_path):
-    off = [] if objective == "all" else [a for name, flag in OBJECTIVES.items() if name != objective for a in (flag, "0")]
+def test_cli_fit_checkpoint_reload(obs_type, collected_dir, pixel_dir, tmp_path):
+    """The whole CLI once per observation type; each objective alone goes through test_objective_contract.py."""
     data = collected_dir if obs_type == "state" else pixel_dir
     fixed_masks = ["--model.mask_actions", "2", "--model.mask_obs", "1"]  # the curriculum is per-epoch state
-    cli = run_in_process(dmc_pretrain.main, pretrain_args(data, tmp_path, obs_type, extra=off + fixed_masks))
+    cli = run_in_process(dmc_pretrain.main, pretrain_args(data, tmp_path, obs_type, extra=fixed_masks))
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.exists() and (tmp_path / "config.yaml").exists()
     trained = cli.model.eval()
-    names = {o.name for o in trained.objectives.values()}
-    assert names == (set(OBJECTIVES) if objective == "all" else {objective})
+    assert {o.name for o in trained.objectives.values()} == set(OBJECTIVES)
+    # objectives are stored as their {class_path, init_args} specs: the checkpoint loads without unpickling code
+    hparams = torch.load(last, weights_only=True)["hyper_parameters"]
+    assert [o["class_path"].rsplit(".", 1)[1] for o in hparams["objectives"]] == [
+        "ForwardDynamicsObjective", "InverseDynamicsObjective", "MaskedHindsightControlObjective"]
     reloaded = PretrainModule.load_from_checkpoint(last, map_location="cpu").eval()
     batch = fixed_batch(cli)
     torch.manual_seed(0)
@@ -107,8 +110,45 @@ def test_original_readme_command_parses():
     assert res.returncode == 0, res.stderr
     for line in ("max_epochs: 10", "default_root_dir: ./outputs/pretrain_explore/", "train_replay_id: 5",
                  "num_steps: 80000", "multi_config: configs/pretrain_configs/multipretrain_source_v1.json",
-                 "source_data_type: rand", "model_type: naive"):
+                 "source_data_type: rand", "n_layer: 8", "n_embd: 256", "context_length: 30", "ema_tau: 0.005"):
         assert line in res.stdout, line
+    assert "model_type" not in res.stdout  # accepted and ignored: pretraining trains no policy head
+    assert "--model_type naive ignored" in res.stderr
+
+
+def test_unknown_method_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_in_process(dmc_pretrain.main, ["--method", "nope", "--print_config"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "--method nope" in err and "smart" in err
+
+
+def test_method_preset_then_config_then_flags_last_wins(tmp_path, capsys):
+    """--method smart loads configs/methods/smart.yaml; --config stacks on top; later flags win; --method=smart and
+    no --method at all give the same config."""
+    override = tmp_path / "small.yaml"
+    override.write_text(yaml.safe_dump({"model": {"n_layer": 2, "n_embd": 64}}))
+
+    def printed(*args: str) -> dict:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            run_in_process(dmc_pretrain.main, [*args, "--print_config"])
+        assert exit_.value.code in (0, None)
+        return yaml.safe_load(capsys.readouterr().out)["model"]
+
+    preset = yaml.safe_load(Path("configs/methods/smart.yaml").read_text())["model"]
+    default = printed()
+    assert {k: default[k] for k in preset} == preset
+    assert printed("--method=smart") == default
+    stacked = printed("--method", "smart", "--config", str(override), "--model.n_embd", "96", "--model.ema_tau", "0.1",
+                      "--model.inverse_weight", "0.5", "--model.masked_hindsight_weight", "0")
+    assert (stacked["n_layer"], stacked["n_embd"]) == (2, 96)
+    assert stacked["n_head"] == preset["n_head"]  # untouched keys keep the preset's value
+    # the flat objective flags of earlier versions land in the preset's objective list; weight 0 leaves one out
+    forward, inverse = stacked["objectives"]
+    assert forward["class_path"].endswith("ForwardDynamicsObjective") and forward["init_args"]["config"]["ema_tau"] == 0.1
+    assert inverse["class_path"].endswith("InverseDynamicsObjective") and inverse["init_args"]["weight"] == 0.5
 
 
 def test_missing_files_are_all_named_before_training(tmp_path):

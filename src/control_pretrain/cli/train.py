@@ -9,15 +9,19 @@ TensorBoard logs in ``tb_logs/``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from pathlib import Path
 
+import yaml
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..errors import UserError
+from ..errors import ArgumentError, UserError
 from ..lit.callbacks import DataWaitMonitor, FlopsPerBatchEstimate, throughput_monitor
 from ..lit.weights import ARCHITECTURE_KEYS, read_pretrained
 
@@ -35,6 +39,68 @@ COMMON_FLAGS = {
     "--context_length": "--model.context_length",
 }
 SWITCHES = {"--quiet": ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]}
+
+# Pretraining's flat objective flags of earlier versions -> (objective name, init_args key) in the method preset's
+# ``model.objectives`` list. They are applied after parsing, on top of the preset and every --config (a weight of 0
+# leaves the objective out, as before).
+OBJECTIVE_ALIASES: dict[str, list[tuple[str, str]]] = {
+    "--model.forward_weight": [("forward", "weight")],
+    "--model.inverse_weight": [("inverse", "weight")],
+    "--model.masked_hindsight_weight": [("masked_hindsight", "weight")],
+    "--model.share_passes": [("forward", "config.share_passes"), ("inverse", "config.share_passes")],
+    "--model.ema_tau": [("forward", "config.ema_tau")],
+    "--model.original_read_positions": [("masked_hindsight", "config.original_read_positions")],
+}
+
+
+METHODS_DIR = Path(__file__).resolve().parents[3] / "configs" / "methods"  # repo root/configs/methods
+
+
+def method_preset(name: str) -> Path:
+    """The preset YAML of a pretraining method (configs/methods/<name>.yaml)."""
+    path = METHODS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in METHODS_DIR.glob("*.yaml"))
+        raise ArgumentError(f"--method {name}: no preset {path}. Expected one of {known}; pass one of them, or "
+                            "write configs/methods/<name>.yaml.")
+    return path
+
+
+def expand_method(argv: list[str], default: str) -> list[str]:
+    """Replace ``--method NAME`` (or ``--method=NAME``; default ``default``) by ``--config <its preset>`` in front of
+    every other argument, so later ``--config`` files and flags override the preset (last wins)."""
+    name, rest, i = default, [], 0
+    while i < len(argv):
+        if argv[i] == "--method":
+            if i + 1 >= len(argv):
+                raise ArgumentError("--method needs a name, e.g. --method smart.")
+            name, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--method="):
+            name = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return ["--config", str(method_preset(name)), *rest]
+
+
+def drop_flag(argv: list[str], names: tuple[str, ...], takes_value: bool = True) -> tuple[list[str], str | None]:
+    """argv without ``name value`` / ``name=value`` for any of ``names``, and the last value dropped (or None;
+    ``""`` for a bare flag when ``takes_value`` is False)."""
+    out, value, i = [], None, 0
+    while i < len(argv):
+        name, eq, val = argv[i].partition("=")
+        if name in names:
+            if eq:
+                value, i = val, i + 1
+            elif not takes_value:
+                value, i = "", i + 1
+            else:
+                value, i = (argv[i + 1] if i + 1 < len(argv) else ""), i + 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out, value
 
 
 def translate_legacy(argv: list[str], flags: dict[str, str], switches: dict[str, list[str]]) -> list[str]:
@@ -95,6 +161,59 @@ class ControlCLI(LightningCLI):
         return path
 
 
+class PretrainCLI(ControlCLI):
+    """Applies the flat objective flags (``OBJECTIVE_ALIASES``) to ``model.objectives`` after parsing, before
+    ``--print_config`` prints and before anything is built, so the printed and the saved config.yaml show them."""
+
+    def parse_arguments(self, parser, args) -> None:
+        argv = sys.argv[1:] if args is None else list(args)
+        argv, print_config = drop_flag(argv, ("--print_config",), takes_value=False)
+        overrides = []
+        for flag in OBJECTIVE_ALIASES:
+            argv, value = drop_flag(argv, (flag,))
+            if value is not None:
+                overrides.append((flag, value))
+        self.config = parser.parse_args(argv)
+        for flag, value in overrides:
+            apply_objective_alias(self.config, flag, value)
+        if self.config.model.objectives is not None:
+            self.config.model.objectives = [o for o in self.config.model.objectives if o.init_args.weight != 0]
+        if print_config is not None:
+            options = print_config.split(",") if print_config else []
+            sys.stdout.write(parser.dump(self.config, skip_none="skip_null" in options, skip_check=True))
+            sys.exit(0)
+
+
+def apply_objective_alias(config, flag: str, value: str) -> None:
+    """Set ``flag``'s targets in ``config.model.objectives`` (SMART's three when the list is unset)."""
+    from ..lit.pretrain_module import SMART_OBJECTIVES, objective_class
+
+    if config.model.objectives is None:
+        config.model.objectives = parse_objectives(SMART_OBJECTIVES)
+    parsed = yaml.safe_load(value)
+    by_name = {objective_class(o.class_path).name: o for o in config.model.objectives}
+    for name, key in OBJECTIVE_ALIASES[flag]:
+        if name not in by_name and key == "weight" and parsed == 0:
+            continue  # already off
+        if name not in by_name:
+            raise ArgumentError(f"{flag} {value}: the method's objectives ({sorted(by_name)}) have no '{name}'. "
+                                f"Drop the flag, or add {name} to model.objectives in the preset or --config file.")
+        init_args = by_name[name].init_args
+        if key.startswith("config.") and init_args.get("config") is None:
+            defaults = objective_class(by_name[name].class_path)(1, 1).config
+            init_args["config"] = Namespace(**dataclasses.asdict(defaults))
+        init_args[key] = parsed
+
+
+def parse_objectives(specs: list[dict]) -> list:
+    """``{class_path, init_args}`` dicts -> the Namespaces the parser would have made of them."""
+    from ..lit.pretrain_module import ObjectiveFactory
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--objectives", type=list[ObjectiveFactory])
+    return parser.parse_object({"objectives": specs}).objectives
+
+
 class DownstreamCLI(ControlCLI):
     """Adds: the task goes from the data to the model, and model sizes default to the checkpoint's."""
 
@@ -122,15 +241,22 @@ def argv_value(argv: list[str], name: str) -> str | None:
 
 def run_cli(module_class, datamodule_class, flags: dict[str, str], switches: dict[str, list[str]],
             trainer_defaults: dict, description: str, argv: list[str] | None = None,
-            downstream: bool = False) -> ControlCLI:
+            downstream: bool = False, method: str | None = None) -> ControlCLI:
     """Parse (original or Lightning flags), build, save config.yaml, fit. Returns the CLI for callers that
-    continue (evaluation); exits 2 with a one-paragraph message on bad data or arguments."""
+    continue (evaluation); exits 2 with a one-paragraph message on bad data or arguments. ``method``: the default
+    preset of ``--method`` (pretraining); None: the script has no presets."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = translate_legacy(sys.argv[1:] if argv is None else argv, {**COMMON_FLAGS, **flags},
-                            {**SWITCHES, **switches})
+    try:
+        args = translate_legacy(sys.argv[1:] if argv is None else argv, {**COMMON_FLAGS, **flags},
+                                {**SWITCHES, **switches})
+        if method is not None:
+            args = expand_method(args, method)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [sys.argv[0], *args]  # LightningCLI reads sys.argv; passing args= too makes it warn
     try:
-        cli_class = DownstreamCLI if downstream else ControlCLI
+        cli_class = DownstreamCLI if downstream else PretrainCLI if method is not None else ControlCLI
         cli = cli_class(module_class, datamodule_class, run=False, save_config_callback=None,
                          trainer_defaults={"use_distributed_sampler": False, **trainer_defaults},  # data/windows.py
                          seed_everything_default=123,

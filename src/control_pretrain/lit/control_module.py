@@ -1,5 +1,6 @@
 """What pretraining and finetuning modules share: the control transformer, a set of weighted objectives run on one
-shared per-step cache, the optimiser (AdamW, decay on matrices only, warmup + cosine) and the EMA target update.
+shared per-step cache, the optimiser (AdamW, decay on matrices only, warmup + cosine) and the objectives'
+after-optimiser-step hooks (the EMA target update).
 
 Optimiser reference: smart.md §2.9 (AdamW lr 6e-4, betas (0.9, 0.95), weight decay 0.1 on Linear/Conv weights).
 Added, as DT-Atari had before the Lightning port lost them: linear warmup over ``warmup_ratio`` of the steps and
@@ -35,9 +36,9 @@ class ControlModule(LightningModule):
         self.objectives = nn.ModuleDict()
         self.weights: dict[str, float] = {}
 
-    def add_objective(self, objective: Objective, weight: float = 1.0) -> None:
+    def add_objective(self, objective: Objective) -> None:
         self.objectives[f"{objective.name}_objective"] = objective
-        self.weights[objective.name] = weight
+        self.weights[objective.name] = objective.weight
 
     def objective(self, name: str) -> Objective | None:
         key = f"{name}_objective"
@@ -90,9 +91,10 @@ class ControlModule(LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.objective("forward") is not None:
-            # After the weights moved, never in forward or validation (fixes smart.md §5.2.7).
-            self.model.update_target(self.hparams.ema_tau)
+        # After the weights moved, never in forward or validation (fixes smart.md §5.2.7): target networks
+        # (forward dynamics' EMA encoder) move in their objective's hook.
+        for objective in self.objectives.values():
+            objective.after_optimizer_step(self.model)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_config"] = self.model.to_config()

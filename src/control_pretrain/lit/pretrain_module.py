@@ -2,32 +2,63 @@
 control on a reward-free control transformer, with the mask-size curriculum over epochs.
 
 Deviations from microsoft/smart ``MultiTaskCTLitModule`` (each also noted where it lives):
-- two transformer passes per step instead of three (``share_passes``; objectives/base.py);
+- two transformer passes per step instead of three (``share_passes``; objectives/smart/passes.py);
 - RMHC reads the masked action tokens (``original_read_positions`` restores the bug; masked_hindsight.py);
 - the EMA target moves only after optimiser steps, not in validation (control_module.py);
 - warmup + cosine schedule and gradient clipping (control_module.py);
+- trunk sizes, objectives (class_path/init_args, each with its weight and config) and the curriculum come from
+  a method preset (configs/methods/smart.yaml, ``--method``);
 - ``--load_model_from`` initialises the weights from a checkpoint (the original crashed, smart.md §3.1);
   ``--ckpt_path last`` resumes an interrupted run with its optimiser and epoch.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
+from ..errors import ArgumentError
 from ..models.control_transformer import ControlTransformerConfig
-from ..objectives import (
-    ForwardDynamicsConfig,
-    ForwardDynamicsObjective,
-    InverseDynamicsConfig,
-    InverseDynamicsObjective,
-    MaskedHindsightControlConfig,
-    MaskedHindsightControlObjective,
-    curriculum_mask_sizes,
-)
+from ..objectives import Objective, curriculum_mask_sizes
 from .control_module import ControlModule
 from .weights import load_weights
 
 log = logging.getLogger(__name__)
+
+# An objective configured before the sizes it depends on are known: LightningCLI/jsonargparse turns
+# ``{class_path: ..., init_args: {config: ..., weight: ...}}`` into a callable that the module calls with
+# (n_embd, action_dim) once the data has set action_dim (dependency injection, as LightningCLI's OptimizerCallable).
+ObjectiveFactory = Callable[[int, int], Objective]
+
+SMART_OBJECTIVES: list[dict[str, Any]] = [  # configs/methods/smart.yaml holds the same list
+    {"class_path": "control_pretrain.objectives.ForwardDynamicsObjective"},
+    {"class_path": "control_pretrain.objectives.InverseDynamicsObjective"},
+    {"class_path": "control_pretrain.objectives.MaskedHindsightControlObjective"},
+]
+
+
+def objective_class(class_path: str) -> type[Objective]:
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise ArgumentError(f"model.objectives: {class_path} is not an Objective class. Expected e.g. "
+                            "control_pretrain.objectives.ForwardDynamicsObjective (see configs/methods/smart.yaml).")
+    return cls
+
+
+def build_objective(spec: ObjectiveFactory | dict[str, Any], n_embd: int, action_dim: int) -> Objective:
+    """A callable from the CLI, or a ``{class_path, init_args}`` dict (direct use, and hparams read back from a
+    checkpoint), built with the trunk's width and the data's action width."""
+    if callable(spec):
+        return spec(n_embd, action_dim)
+    from jsonargparse import ArgumentParser  # parses dict specs exactly as the CLI does
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--objective", type=ObjectiveFactory)
+    factory = parser.instantiate(parser.parse_object({"objective": spec})).objective
+    return factory(n_embd, action_dim)
 
 
 class PretrainModule(ControlModule):
@@ -42,14 +73,9 @@ class PretrainModule(ControlModule):
         context_length: int = 30,
         dropout: float = 0.1,
         max_timestep: int = 1024,
-        forward_weight: float = 1.0,
-        inverse_weight: float = 1.0,
-        masked_hindsight_weight: float = 1.0,
-        share_passes: bool = True,
-        original_read_positions: bool = False,
+        objectives: list[ObjectiveFactory] | None = None,
         mask_actions: int = -1,
         mask_obs: int = -1,
-        ema_tau: float = 0.005,
         lr: float = 6e-4,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -57,7 +83,6 @@ class PretrainModule(ControlModule):
         warmup_ratio: float = 0.05,
         min_lr_ratio: float = 0.1,
         compile: bool = False,
-        model_type: str = "naive",
         init_from: str | None = None,
     ) -> None:
         """
@@ -71,14 +96,10 @@ class PretrainModule(ControlModule):
             context_length: K steps per window (2K tokens).
             dropout: embedding, attention and residual dropout.
             max_timestep: rows of the per-step timestep embedding.
-            forward_weight: weight of forward dynamics (0 switches it off).
-            inverse_weight: weight of inverse dynamics (0 switches it off).
-            masked_hindsight_weight: weight of random masked hindsight control (0 switches it off).
-            share_passes: read forward and inverse dynamics from one inverse-mask pass (2 passes a step, not 3).
-            original_read_positions: reproduce the original RMHC bug (read a_j's prediction at token j).
+            objectives: the objectives to train, each ``{class_path, init_args: {config, weight}}`` (the method
+                preset, configs/methods/smart.yaml); an objective with weight 0 is left out. None: SMART's three.
             mask_actions: masked actions per window for RMHC; negative: the curriculum max(1, K(e+1)/E).
             mask_obs: masked observations per window; negative: the curriculum min(K/2, K(e+1)/E).
-            ema_tau: EMA rate of the forward-dynamics target encoder per optimiser step.
             lr: peak learning rate.
             weight_decay: AdamW weight decay on Linear/Conv weights only.
             betas: AdamW betas.
@@ -86,8 +107,6 @@ class PretrainModule(ControlModule):
             warmup_ratio: fraction of all steps spent warming up.
             min_lr_ratio: final learning rate as a fraction of lr.
             compile: torch.compile the model (GPUs; slow to start).
-            model_type: accepted for the original command lines (naive/reward_conditioned); pretraining
-                trains no policy head, so it changes nothing here.
             init_from: initialise matching weights from this checkpoint (the original --load_model_from).
         """
         super().__init__()
@@ -96,18 +115,17 @@ class PretrainModule(ControlModule):
                                           n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                                           context_length=context_length, max_timestep=max_timestep, dropout=dropout)
         self.build_model(config, compile)
-        if forward_weight > 0:
-            self.add_objective(ForwardDynamicsObjective(n_embd, ForwardDynamicsConfig(share_passes)), forward_weight)
-        if inverse_weight > 0:
-            self.add_objective(InverseDynamicsObjective(n_embd, action_dim, InverseDynamicsConfig(share_passes)),
-                               inverse_weight)
-        if masked_hindsight_weight > 0:
-            rmhc = MaskedHindsightControlConfig(max(mask_actions, 1), max(mask_obs, 0), original_read_positions)
-            self.add_objective(MaskedHindsightControlObjective(n_embd, action_dim, rmhc), masked_hindsight_weight)
-        else:
+        for spec in SMART_OBJECTIVES if objectives is None else objectives:
+            objective = build_objective(spec, n_embd, action_dim)
+            if objective.weight > 0:
+                self.add_objective(objective)
+        if self.objective("masked_hindsight") is None:
             self.model.mask_token.requires_grad_(False)  # unused without masking; DDP rejects unused parameters
         if not self.objectives:
             raise ValueError("every objective weight is 0: nothing to train")
+        rmhc = self.objective("masked_hindsight")
+        if rmhc is not None:  # fixed sizes until the first epoch starts (the curriculum sets them per epoch)
+            rmhc.mask_actions, rmhc.mask_obs = max(mask_actions, 1), max(mask_obs, 0)
         if init_from:
             load_weights(self, init_from)
 

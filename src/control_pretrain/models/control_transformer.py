@@ -2,15 +2,15 @@
 
 The trunk is reward-free: tokens are [o_0, a_0, o_1, a_1, ..., o_{K-1}, a_{K-1}] (2K tokens), return-to-go only
 enters at a policy head (objectives/policy.py). Pretraining and policy heads live in objectives/, one class
-each; this file only holds the encoders, the trunk and the EMA target encoder.
+each; this file only holds the encoders, the trunk and the EMA target encoder; the blocks are models/blocks.py.
 
 Deviations from the reference (microsoft/smart mingpt.py):
 - Timestep embedding: a ``max_timestep``-row table indexed by each step's own in-episode timestep, instead of
   one 10,001-row table indexed by the window's first step and broadcast to every token (smart.md §2.2, §5.3).
 - Masked inputs use a learned ``mask_token`` instead of the constant -1 embedding (used by RMHC).
 - ``F.scaled_dot_product_attention`` with boolean masks instead of materialised -inf attention (§5.3).
-- The EMA target encoder is updated by ``update_target``, which the training loop calls after each optimiser
-  step, never inside ``forward`` (the original also moved it during validation, smart.md §5.2.7).
+- The EMA target encoder is updated by the forward-dynamics objective's ``after_optimizer_step`` hook with
+  ``models/ema.py``, never inside ``forward`` (the original also moved it during validation, smart.md §5.2.7).
 - Observation encoders keep PyTorch's default init as in the original; everything else is N(0, 0.02).
 """
 
@@ -24,8 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .blocks import Block, init_weights
 from .encoders import ActionEncoder, PixelEncoder, StateEncoder
 from .masks import causal_mask, inverse_mask
+from .trunk import PassKind, split_tokens
+
+__all__ = ["ControlTransformer", "ControlTransformerConfig", "init_weights", "param_groups", "split_tokens"]
 
 
 @dataclass
@@ -52,17 +56,6 @@ class ControlTransformerConfig:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
 
-def init_weights(module: nn.Module) -> None:
-    """GPT init: Linear/Embedding weights N(0, 0.02), biases 0, LayerNorm (1, 0)."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on Linear/Conv weight matrices only; biases, LayerNorms, embeddings, learned tokens
     (``pos_emb``, ``mask_token``) get none (smart.md §2.9). Frozen parameters (the EMA target) are left out."""
@@ -77,63 +70,9 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention; the boolean ``attn_mask`` (True = may attend) or None (bidirectional)."""
-
-    def __init__(self, config: ControlTransformerConfig):
-        super().__init__()
-        self.n_head = config.n_head
-        self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_drop(self.c_proj(y))  # (B, T, C)
-
-
-class MLP(nn.Module):
-    def __init__(self, config: ControlTransformerConfig):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: x += Attn(LN(x)); x += MLP(LN(x))."""
-
-    def __init__(self, config: ControlTransformerConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = SelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config)
-
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask)  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))  # (B, T, C)
-
-
-def split_tokens(hidden: Tensor) -> tuple[Tensor, Tensor]:
-    """(B, L, C) interleaved outputs -> outputs at observation tokens (B, T, C) and action tokens (B, Ta, C)."""
-    return hidden[:, 0::2], hidden[:, 1::2]
-
-
 class ControlTransformer(nn.Module):
-    """Encoders + GPT trunk + EMA target observation encoder. Heads live in objectives/."""
+    """Encoders + GPT trunk + EMA target observation encoder (implements models/trunk.py ``Trunk``). Heads live in
+    objectives/."""
 
     def __init__(self, config: ControlTransformerConfig):
         super().__init__()
@@ -150,7 +89,7 @@ class ControlTransformer(nn.Module):
         self.pos_emb = nn.Parameter(torch.zeros(1, 2 * K, C))  # zero-init, as in the original
         self.mask_token = nn.Parameter(torch.zeros(C))  # replaces masked input tokens (RMHC)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.blocks = nn.ModuleList([Block(C, config.n_head, config.dropout) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(C)
         for name, child in self.named_children():
             if name != "obs_encoder":
@@ -185,16 +124,10 @@ class ControlTransformer(nn.Module):
         """EMA-target observation latents (B, T, C), without gradient (forward-dynamics targets)."""
         return self._encode(self.target_obs_encoder, batch)
 
-    @torch.no_grad()
-    def update_target(self, tau: float = 0.005) -> None:
-        """target <- (1 - tau) * target + tau * online. Call after each optimiser step, never in forward."""
-        for p_target, p in zip(self.target_obs_encoder.parameters(), self.obs_encoder.parameters(), strict=True):
-            p_target.lerp_(p, tau)
-
     def embed_actions(self, actions: Tensor) -> Tensor:
         return self.action_encoder(actions)  # (B, Ta, C)
 
-    def attn_mask(self, kind: Literal["causal", "inverse", "full"]) -> Tensor | None:
+    def attn_mask(self, kind: PassKind) -> Tensor | None:
         """The 2K-token mask of a pass kind (``forward_tokens`` cuts it to shorter sequences); full = None."""
         return {"causal": self.causal_mask, "inverse": self.inverse_mask, "full": None}[kind]
 

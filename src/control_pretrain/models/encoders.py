@@ -11,6 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+PIXEL_SIZE = 84  # frame height = width the CNN is built for (the data's render size, smart.md §2.2)
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Spatial size after an unpadded convolution."""
+    return (size - kernel) // stride + 1
+
+
+# 84 -> 20 -> 9 -> 7: 64 channels * 7 * 7 = 3136 features into the Linear layer.
+CNN_FEATURES = 64 * conv_out(conv_out(conv_out(PIXEL_SIZE, 8, 4), 4, 2), 3, 1) ** 2
+
 
 class PixelEncoder(nn.Module):
     """Nature-DQN CNN: uint8 (N, 3, 84, 84) frames -> (N, n_embd) Tanh latent."""
@@ -22,7 +33,7 @@ class PixelEncoder(nn.Module):
             nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),  # (N, 64, 9, 9)
             nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),  # (N, 64, 7, 7)
             nn.Flatten(),  # (N, 3136)
-            nn.Linear(3136, n_embd), nn.Tanh(),  # (N, C)
+            nn.Linear(CNN_FEATURES, n_embd), nn.Tanh(),  # (N, C)
         )  # fmt: skip
 
     def forward(self, frames: Tensor) -> Tensor:

@@ -1,13 +1,20 @@
-"""One class per training objective (SMART pretraining objectives, BC and return-conditioned control)."""
+"""One class per training objective: SMART's pretraining objectives (objectives/smart/), BC and return-conditioned
+control (policy.py)."""
 
-from .base import Objective, action_loss, combine_losses, pass_hidden
-from .forward_dynamics import ForwardDynamicsConfig, ForwardDynamicsObjective
-from .inverse_dynamics import InverseDynamicsConfig, InverseDynamicsObjective
-from .masked_hindsight import MaskedHindsightControlConfig, MaskedHindsightControlObjective, curriculum_mask_sizes
-from .policy import BehaviorCloningConfig, BehaviorCloningObjective, ReturnConditionedConfig, ReturnConditionedObjective
+from .base import Objective, action_loss, combine_losses
+from .policy import BehaviorCloningObjective, ReturnConditionedConfig, ReturnConditionedObjective
+from .smart import (
+    ForwardDynamicsConfig,
+    ForwardDynamicsObjective,
+    InverseDynamicsConfig,
+    InverseDynamicsObjective,
+    MaskedHindsightControlConfig,
+    MaskedHindsightControlObjective,
+    curriculum_mask_sizes,
+    pass_hidden,
+)
 
 __all__ = [
-    "BehaviorCloningConfig",
     "BehaviorCloningObjective",
     "ForwardDynamicsConfig",
     "ForwardDynamicsObjective",

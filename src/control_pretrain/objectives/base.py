@@ -1,10 +1,9 @@
-"""What every objective shares: the ``Objective`` base class, the per-step pass cache, masked losses and
-``combine_losses`` (smart.md §2.5-2.6).
+"""What every objective shares: the ``Objective`` base class, masked action losses and ``combine_losses``
+(smart.md §2.5-2.6).
 
-One training step creates one ``cache = {}`` and hands it to every active objective, so observation encodings
-(online and EMA target), action embeddings and whole transformer passes are computed once and reused. With
-pass sharing, SMART pretraining costs two transformer passes per step (inverse-mask + masked bidirectional)
-instead of the original three (causal + inverse-mask + masked bidirectional, smart.md §2.3).
+Objectives are written against the ``Trunk`` protocol (models/trunk.py), never against a concrete transformer.
+One training step creates one ``cache = {}`` and hands it to every active objective, so encodings and whole
+transformer passes are computed once and reused (objectives/smart/passes.py).
 
 Action losses average the squared error only over the action dims that belong to the sample's domain
 (``batch['action_mask']``). Deviation: the original averaged over the zero-padded dims of other domains too
@@ -13,43 +12,11 @@ Action losses average the squared error only over the action dims that belong to
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from torch import Tensor, nn
 
-from ..models.control_transformer import ControlTransformer
-
-PassKind = Literal["causal", "inverse"]
-
-
-def observation_tokens(model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> Tensor:
-    """Online observation encodings (B, K, C), computed once per step."""
-    if "obs_emb" not in cache:
-        cache["obs_emb"] = model.encode_observations(batch)
-    return cache["obs_emb"]
-
-
-def target_tokens(model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> Tensor:
-    """EMA-target observation latents (B, K, C), detached, computed once per step."""
-    if "target_emb" not in cache:
-        cache["target_emb"] = model.encode_target(batch)
-    return cache["target_emb"]
-
-
-def action_tokens(model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> Tensor:
-    """Action embeddings (B, K, C), computed once per step."""
-    if "act_emb" not in cache:
-        cache["act_emb"] = model.embed_actions(batch["actions"])
-    return cache["act_emb"]
-
-
-def pass_hidden(model: ControlTransformer, batch: dict[str, Tensor], cache: dict, kind: PassKind) -> Tensor:
-    """Hidden states (B, 2K, C) of an unmasked-input pass with the ``kind`` attention mask, run once per step."""
-    key = f"hidden/{kind}"
-    if key not in cache:
-        obs, act = observation_tokens(model, batch, cache), action_tokens(model, batch, cache)
-        cache[key] = model(obs, act, batch["timesteps"], model.attn_mask(kind))
-    return cache[key]
+from ..models.trunk import Trunk
 
 
 def action_loss(pred: Tensor, target: Tensor, action_mask: Tensor | None, step_mask: Tensor | None = None) -> Tensor:
@@ -69,14 +36,24 @@ def combine_losses(outputs: dict[str, dict[str, Tensor]], weights: dict[str, flo
 
 
 class Objective(nn.Module):
-    """One training objective with its own heads. ``compute`` returns at least a scalar under ``loss``."""
+    """One training objective with its own heads and loss weight. ``compute`` returns at least a scalar under
+    ``loss``; ``after_optimizer_step`` runs once after every optimiser step (target networks move there).
+
+    Every objective is built as ``cls(n_embd, action_dim, config=..., weight=...)``: the first two come from the
+    trunk and the data, so a method preset names the class and its ``config``/``weight`` only
+    (``ObjectiveFactory``, lit/pretrain_module.py)."""
 
     name: ClassVar[str] = "objective"  # metric key: train/<name>_loss
 
-    def compute(self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.weight = weight  # w_i of combine_losses
+
+    def compute(self, model: Trunk, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def forward(
-        self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict | None = None
-    ) -> dict[str, Tensor]:
+    def after_optimizer_step(self, model: Trunk) -> None:
+        """Called by the training loop after the weights moved, never in forward or validation. No-op here."""
+
+    def forward(self, model: Trunk, batch: dict[str, Tensor], cache: dict | None = None) -> dict[str, Tensor]:
         return self.compute(model, batch, {} if cache is None else cache)

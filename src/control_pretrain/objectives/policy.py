@@ -20,38 +20,34 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..models.control_transformer import ControlTransformer, init_weights, split_tokens
-from .base import Objective, action_loss, pass_hidden
+from ..models.blocks import init_weights
+from ..models.trunk import Trunk, split_tokens
+from .base import Objective, action_loss
+from .smart.passes import pass_hidden
 
 
-def _state_outputs(model: ControlTransformer, batch: dict[str, Tensor]) -> Tensor:
+def _state_outputs(model: Trunk, batch: dict[str, Tensor]) -> Tensor:
     """Causal outputs at the observation tokens (B, T, C) of a (possibly 2T-1 token) history."""
     obs = model.encode_observations(batch)  # (B, T, C)
     act = model.embed_actions(batch["actions"])  # (B, T or T-1, C)
-    state_out, _ = split_tokens(model(obs, act, batch["timesteps"], model.attn_mask("causal")))
+    state_out, _ = split_tokens(model.forward_tokens(obs, act, batch["timesteps"], model.attn_mask("causal")))
     return state_out  # (B, T, C)
-
-
-@dataclass
-class BehaviorCloningConfig:
-    pass
 
 
 class BehaviorCloningObjective(Objective):
     name = "bc"
 
-    def __init__(self, n_embd: int, action_dim: int, config: BehaviorCloningConfig | None = None):
-        super().__init__()
-        self.config = config or BehaviorCloningConfig()
+    def __init__(self, n_embd: int, action_dim: int, weight: float = 1.0):
+        super().__init__(weight)
         self.head = nn.Linear(n_embd, action_dim)
         self.apply(init_weights)
 
-    def compute(self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
+    def compute(self, model: Trunk, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
         state_out, _ = split_tokens(pass_hidden(model, batch, cache, "causal"))  # (B, K, C)
         pred = self.head(state_out)  # (B, K, A)
         return {"loss": action_loss(pred, batch["actions"], batch.get("action_mask"))}
 
-    def predict_actions(self, model: ControlTransformer, batch: dict[str, Tensor]) -> Tensor:
+    def predict_actions(self, model: Trunk, batch: dict[str, Tensor]) -> Tensor:
         """(B, T, A) action predictions at every observation token; acts on the last one at rollout."""
         return self.head(_state_outputs(model, batch))
 
@@ -64,8 +60,8 @@ class ReturnConditionedConfig:
 class ReturnConditionedObjective(Objective):
     name = "rtg"
 
-    def __init__(self, n_embd: int, action_dim: int, config: ReturnConditionedConfig | None = None):
-        super().__init__()
+    def __init__(self, n_embd: int, action_dim: int, config: ReturnConditionedConfig | None = None, weight: float = 1.0):
+        super().__init__(weight)
         self.config = config or ReturnConditionedConfig()
         self.rtg_encoder = nn.Linear(1, n_embd)
         self.head = nn.Linear(2 * n_embd, action_dim)
@@ -75,11 +71,11 @@ class ReturnConditionedObjective(Objective):
         rtg_emb = torch.tanh(self.rtg_encoder(rtg.unsqueeze(-1) / self.config.rtg_scale))  # (B, T, C)
         return self.head(torch.cat((state_out, rtg_emb), dim=-1))  # (B, T, A)
 
-    def compute(self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
+    def compute(self, model: Trunk, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
         state_out, _ = split_tokens(pass_hidden(model, batch, cache, "causal"))  # (B, K, C)
         pred = self._head(state_out, batch["rtg"])  # (B, K, A)
         return {"loss": action_loss(pred, batch["actions"], batch.get("action_mask"))}
 
-    def predict_actions(self, model: ControlTransformer, batch: dict[str, Tensor]) -> Tensor:
+    def predict_actions(self, model: Trunk, batch: dict[str, Tensor]) -> Tensor:
         """(B, T, A) predictions given ``batch['rtg']`` (B, T), one per observation token."""
         return self._head(_state_outputs(model, batch), batch["rtg"])

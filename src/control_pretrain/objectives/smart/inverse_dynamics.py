@@ -8,7 +8,7 @@ Deviations:
 - With ``share_passes=True`` (default) state_output[t] is also read from the inverse-mask pass (shared with
   forward dynamics), so the step needs one pass instead of two. Neither output sees a_t in either pass.
   ``share_passes=False`` reads state_output[t] from the causal pass as the original did.
-- The MSE averages over the sample's own action dims only (see base.py).
+- The MSE averages over the sample's own action dims only (see objectives/base.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..models.control_transformer import ControlTransformer, init_weights, split_tokens
-from .base import Objective, action_loss, pass_hidden
+from ...models.blocks import init_weights
+from ...models.trunk import Trunk, split_tokens
+from ..base import Objective, action_loss
+from .passes import pass_hidden
 
 
 @dataclass
@@ -30,13 +32,13 @@ class InverseDynamicsConfig:
 class InverseDynamicsObjective(Objective):
     name = "inverse"
 
-    def __init__(self, n_embd: int, action_dim: int, config: InverseDynamicsConfig | None = None):
-        super().__init__()
+    def __init__(self, n_embd: int, action_dim: int, config: InverseDynamicsConfig | None = None, weight: float = 1.0):
+        super().__init__(weight)
         self.config = config or InverseDynamicsConfig()
         self.head = nn.Linear(2 * n_embd, action_dim)
         self.apply(init_weights)
 
-    def compute(self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
+    def compute(self, model: Trunk, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
         next_out, _ = split_tokens(pass_hidden(model, batch, cache, "inverse"))  # (B, K, C)
         state_out = next_out
         if not self.config.share_passes:

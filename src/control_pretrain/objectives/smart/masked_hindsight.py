@@ -10,7 +10,7 @@ Deviations:
   (smart.md §2.5 bug); ``original_read_positions=True`` reproduces that.
 - Masked steps are drawn per sample instead of once for the whole batch.
 - Masked inputs are replaced by the model's learned ``mask_token`` instead of the constant -1.
-- The MSE averages over the sample's own action dims only (see base.py).
+- The MSE averages over the sample's own action dims only (see objectives/base.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..models.control_transformer import ControlTransformer, init_weights
-from ..models.masks import random_step_mask
-from .base import Objective, action_loss, action_tokens, observation_tokens
+from ...models.blocks import init_weights
+from ...models.masks import random_step_mask
+from ...models.trunk import Trunk
+from ..base import Objective, action_loss
+from .passes import action_tokens, observation_tokens
 
 
 def curriculum_mask_sizes(epoch: int, max_epochs: int, context_length: int) -> tuple[int, int]:
@@ -42,8 +44,8 @@ class MaskedHindsightControlConfig:
 class MaskedHindsightControlObjective(Objective):
     name = "masked_hindsight"
 
-    def __init__(self, n_embd: int, action_dim: int, config: MaskedHindsightControlConfig | None = None):
-        super().__init__()
+    def __init__(self, n_embd: int, action_dim: int, config: MaskedHindsightControlConfig | None = None, weight: float = 1.0):
+        super().__init__(weight)
         self.config = config or MaskedHindsightControlConfig()
         self.mask_actions = self.config.mask_actions  # set per epoch by the training loop
         self.mask_obs = self.config.mask_obs
@@ -58,16 +60,16 @@ class MaskedHindsightControlObjective(Objective):
         return act_replace, obs_replace
 
     def predict(
-        self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict, act_replace: Tensor, obs_replace: Tensor
+        self, model: Trunk, batch: dict[str, Tensor], cache: dict, act_replace: Tensor, obs_replace: Tensor
     ) -> Tensor:
         """Action predictions (B, K, A) for every step from one bidirectional pass with the given input masks."""
         obs, act = observation_tokens(model, batch, cache), action_tokens(model, batch, cache)
-        hidden = model(obs, act, batch["timesteps"], None, obs_replace, act_replace)  # (B, 2K, C)
+        hidden = model.forward_tokens(obs, act, batch["timesteps"], None, obs_replace, act_replace)  # (B, 2K, C)
         K = act.shape[1]
         read = hidden[:, :K] if self.config.original_read_positions else hidden[:, 1::2]  # (B, K, C)
         return self.head(read)  # (B, K, A)
 
-    def compute(self, model: ControlTransformer, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
+    def compute(self, model: Trunk, batch: dict[str, Tensor], cache: dict) -> dict[str, Tensor]:
         actions = batch["actions"]  # (B, K, A)
         act_replace, obs_replace = self.sample_masks(actions.shape[0], actions.shape[1], actions.device)
         pred = self.predict(model, batch, cache, act_replace, obs_replace)  # (B, K, A)

@@ -1,0 +1,88 @@
+"""The one pre-LN transformer block every trunk is built from (GPT-style, smart.md §2.3).
+
+Attention goes through ``F.scaled_dot_product_attention`` with boolean masks instead of materialised -inf scores
+(smart.md §5.3). A block takes either an attention mask (L, L), True = may attend (causal / inverse-dynamics
+masks), or a key-padding mask (B, L), True = padding that no token may attend to (variable-length token sets of
+the encoder-decoder trunks), or both. Submodule names (``attn.c_attn``, ``ln_1``, ``mlp.c_fc`` ...) are those of
+the checkpoints written before this file existed, so they still load.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT init: Linear/Embedding weights N(0, 0.02), biases 0, LayerNorm (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def attention_mask(attn_mask: Tensor | None, key_padding_mask: Tensor | None) -> Tensor | None:
+    """One SDPA boolean mask (True = may attend): (L, L), (B, 1, 1, L) or (B, 1, L, L), or None for full attention."""
+    if key_padding_mask is None:
+        return attn_mask
+    keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, L)
+    return keep if attn_mask is None else keep & attn_mask  # (B, 1, L, L)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention under a boolean mask (see ``attention_mask``)."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
+        self.n_head = n_head
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.c_proj(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """GELU MLP with 4x expansion."""
+
+    def __init__(self, n_embd: int, dropout: float):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x += Attn(LN(x)); x += MLP(LN(x))."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd)
+        self.attn = SelfAttention(n_embd, n_head, dropout)
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.mlp = MLP(n_embd, dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+        """x (B, L, C); attn_mask (L, L) bool, True = may attend; key_padding_mask (B, L) bool, True = padding."""
+        mask = attention_mask(attn_mask, key_padding_mask)
+        x = x + self.attn(self.ln_1(x), mask)  # (B, L, C)
+        return x + self.mlp(self.ln_2(x))  # (B, L, C)
