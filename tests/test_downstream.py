@@ -23,6 +23,7 @@ from control_pretrain.envs.dmc import make_env
 from control_pretrain.eval.rollout import evaluate
 from control_pretrain.lit.downstream_module import DownstreamModule
 from control_pretrain.lit.weights import forget_pretrained, read_pretrained
+from control_pretrain.models.ema import ema_update
 
 TINY_PRETRAIN = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--context_length", "6",
                  "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.limit_train_batches", "2",
@@ -187,6 +188,6 @@ def test_a_real_fit_moves_the_right_weights(tmp_path, freeze):
         elif name not in ("model.mask_token",):  # the mask token is only used by masked pretraining
             assert moved, name
     if not freeze:  # the test has power: had the EMA hook run, the target would have followed the encoder
-        module.model.update_target(0.5)
+        ema_update(module.model.target_obs_encoder, module.model.obs_encoder, 0.5)
         assert not torch.equal(before["model.target_obs_encoder.net.0.weight"],
                                module.model.target_obs_encoder.net[0].weight)
