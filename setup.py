@@ -23,6 +23,7 @@ setup(
         "h5py>=3.10",
         "numpy>=1.24",
         "jsonargparse[signatures]>=4.30",
+        "pyyaml>=6",  # method and study presets
         "tensorboard>=2.15",
         "rich>=13",
         "imageio>=2.30",

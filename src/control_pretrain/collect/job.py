@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data.schema import POLICY_KIND, dataset_path
 from ..data.writer import TrajectoryWriter
-from ..envs.dmc import DMCEnv, make_env
+from ..envs.dmc import FRAME_SIZE, DMCEnv, make_env
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ class CollectJob:
     pixels: bool = False
     seed: int | None = None  # default: the replay id, so replay ids differ
     action_repeat: int = 4
-    height: int = 84
-    width: int = 84
+    height: int = FRAME_SIZE
+    width: int = FRAME_SIZE
     camera_id: int | None = None
     fast_render: bool = False
     overwrite: bool = False

@@ -43,13 +43,16 @@ def check_task(domain: str, task: str) -> None:
         )
 
 
+FRAME_SIZE = 84  # rendered frame height = width: SMART's data (smart.md §2.2) and the CNN encoder's input
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """How frames are rendered. ``fast`` turns shadows, reflections and MSAA off (about 10x faster on a CPU,
     platform.md §3), which changes the images: fast-rendered data is a different visual domain."""
 
-    height: int = 84
-    width: int = 84
+    height: int = FRAME_SIZE
+    width: int = FRAME_SIZE
     camera_id: int | None = None  # None: the conventional camera of the domain
     fast: bool = False
 
@@ -161,7 +164,7 @@ class DMCEnv:
 
 
 def make_env(domain: str, task: str, seed: int = 0, action_repeat: int = 4, pixels: bool = False,
-             height: int = 84, width: int = 84, camera_id: int | None = None, fast_render: bool = False) -> DMCEnv:
+             height: int = FRAME_SIZE, width: int = FRAME_SIZE, camera_id: int | None = None, fast_render: bool = False) -> DMCEnv:
     """The factory every part of the pipeline uses (collection, evaluation)."""
     render = RenderConfig(height, width, camera_id, fast_render) if pixels else None
     return DMCEnv(domain, task, seed=seed, action_repeat=action_repeat, render=render)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-PIXEL_SIZE = 84  # frame height = width the CNN is built for (the data's render size, smart.md §2.2)
+from ..envs.dmc import FRAME_SIZE
+
+PIXEL_SIZE = FRAME_SIZE  # frame height = width the CNN is built for: the rendered data's
 
 
 def conv_out(size: int, kernel: int, stride: int) -> int:
