@@ -24,6 +24,10 @@ from .episodes import EpisodeIndex
 from .slots import SlotLayout
 from .trajectory_file import TrajectoryFile
 
+# A separate validation set gets this share of ``pixel_cache_gb`` and training windows the whole budget:
+# validation reads its (smaller) windows once per epoch, training many times.
+VALIDATION_CACHE_SHARE = 0.25
+
 
 def passthrough_collate(batch):
     """The dataset already returns whole batches from ``__getitems__``."""

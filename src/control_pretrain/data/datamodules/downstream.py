@@ -19,11 +19,7 @@ from ...errors import DatasetError
 from ...storage import blob as storage
 from ..schema import KINDS, dataset_path
 from ..trajectory_file import TrajectoryFile
-from ..windows import EpisodeWindowDataset, window_loader
-
-# Validation windows get this share of ``pixel_cache_gb`` and training windows the whole budget: validation reads
-# its (smaller, top-return) selection once per epoch, training many times.
-VALIDATION_CACHE_SHARE = 0.25
+from ..windows import VALIDATION_CACHE_SHARE, EpisodeWindowDataset, window_loader
 
 
 def select_episodes(returns: np.ndarray, count: int, randomly: bool, seed: int) -> np.ndarray:

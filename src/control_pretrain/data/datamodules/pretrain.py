@@ -21,7 +21,7 @@ from ..schema import KINDS, dataset_path, open_h5
 from ..slots import SlotLayout
 from ..task_sets import load_task_set
 from ..trajectory_file import TrajectoryFile
-from ..windows import EpisodeWindowDataset, window_loader
+from ..windows import VALIDATION_CACHE_SHARE, EpisodeWindowDataset, window_loader
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +153,8 @@ class MultiTaskDataModule(LightningDataModule):
         files = self._open(self.train_paths)
         if self.val_paths:
             train_eps = [None] * len(files)
-            self.val_set = self._dataset(self._open(self.val_paths), self.val_paths, None, cache // 4)
+            self.val_set = self._dataset(self._open(self.val_paths), self.val_paths, None,
+                                         int(cache * VALIDATION_CACHE_SHARE))
         else:
             splits = [split_episodes(f.index.num_episodes, hp.val_fraction, hp.split_seed + i)
                       for i, f in enumerate(files)]
