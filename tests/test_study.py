@@ -29,7 +29,7 @@ report = _load("report")
 
 
 def test_shipped_presets_load_typed():
-    assert preset.preset_names() == ["cpu", "paper"]
+    assert preset.preset_names() == ["cpu", "paper", "transfer"]
     cpu, paper = preset.load_preset("cpu"), preset.load_preset("paper")
     assert cpu.name == "cpu" and cpu.episodes == (10, 50) and cpu.seeds == (1, 2, 3)
     assert cpu.model == {"n_layer": 2, "n_head": 2, "n_embd": 64} and cpu.target_returns == {"reacher-easy": 1000.0}
@@ -62,6 +62,23 @@ def test_preset_errors_name_file_and_key(tmp_path):
         preset.load_preset(_write(tmp_path, good.replace("val_every: 100\n", "")))
     with pytest.raises(ArgumentError, match="--preset gpu: no preset file.*cpu, paper"):
         preset.load_preset("gpu")
+    with pytest.raises(ArgumentError, match="score: expected one of return, demonstrator, found 'expert'"):
+        preset.load_preset(_write(tmp_path, good + "score: expert\n"))
+
+
+def test_run_order_and_scores_follow_the_preset():
+    """Blocks run unseen before seen, fewer episodes first; the transfer preset scores against the demonstrator."""
+    run = _load("run")
+    transfer = preset.load_preset("transfer")
+    order = [(m, e, g) for m, e, g in run.priority(transfer)]
+    assert order[:3] == [("bc", e, ("unseen_task", "unseen_domain")) for e in (5, 10, 20)]
+    assert order[3:] == [("bc", e, ("seen",)) for e in (5, 10, 20)]
+    assert len(run.all_cells(transfer)) == 6 * 3 * 3 * 5  # tasks x episodes x inits x seeds
+    data = {f"demos_train/{t}": {"return_mean": 500.0} for ts in transfer.tasks.values() for t in ts}
+    assert set(report.returns_per_score(transfer, data).values()) == {5.0}  # 500 -> 100 points
+    assert set(report.returns_per_score(preset.load_preset("cpu"), {}).values()) == {10.0}
+    with pytest.raises(ValueError, match="demonstrator needs the demonstrations' returns of walker-walk"):
+        report.returns_per_score(transfer, {})
 
 
 def test_report_on_committed_cells_matches_committed_point_estimates(tmp_path):

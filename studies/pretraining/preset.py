@@ -16,6 +16,7 @@ import yaml
 
 from control_pretrain.errors import ArgumentError
 
+SCORES = ("return", "demonstrator")
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
 
@@ -49,6 +50,9 @@ class Preset:
     extra_collect: tuple[str, ...] = ()  # e.g. ["--pixels"]
     extra_train: tuple[str, ...] = ()  # e.g. ["--trainer.precision", "bf16-mixed"]
     sac_flags: tuple[str, ...] = ()
+    # How a run's test return becomes a score: "return" = return / 10 (dm_control returns lie in [0, 1000]);
+    # "demonstrator" = return / the demonstrator's mean return x 100 (Premier-TACO's expert-normalised score)
+    score: str = "return"
     notes: str = ""
 
     def task_group(self, task: str) -> str:
@@ -107,4 +111,6 @@ def load_preset(name_or_path: str) -> Preset:
     if missing:
         raise ArgumentError(f"{path}: missing key(s) {', '.join(missing)}; every preset sets them.")
     values = {k: _conform(v, hints[k], f"{path}: {k}") for k, v in raw.items()}
+    if values.get("score", "return") not in SCORES:
+        raise ArgumentError(f"{path}: score: expected one of {', '.join(SCORES)}, found {values['score']!r}.")
     return Preset(name=os.path.splitext(os.path.basename(path))[0], **values)

@@ -1,7 +1,9 @@
 """Tables and plots of the pretraining study from its committed cell JSONs (studies/pretraining/run.py).
 
 Only (task, seed) pairs for which every init (scratch and both pretrained) finished enter a comparison, so an
-unfinished study never compares different subsets. A run's score is its mean test return / 10.
+unfinished study never compares different subsets. A run's score is its mean test return / 10 (preset
+``score: return``) or its mean test return / the demonstrator's mean return x 100 (``score: demonstrator``,
+Premier-TACO's expert-normalised score; the demonstrator's return is that of all its training demonstrations).
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ N_BOOT = 5000  # bootstrap resamples of every CI in the committed summary
 RETURN_PER_SCORE = 10.0  # normalised score = return / 10: dm_control returns lie in [0, 1000]
 
 
+def returns_per_score(preset, data: dict) -> dict[str, float]:
+    """Per task, the return worth one score point under the preset's ``score`` rule (a missing demonstrator
+    return is an error: the score would be meaningless)."""
+    tasks = [t for ts in preset.tasks.values() for t in ts]
+    if preset.score == "return":
+        return dict.fromkeys(tasks, RETURN_PER_SCORE)
+    missing = [t for t in tasks if f"demos_train/{t}" not in data]
+    if missing:
+        raise ValueError(f"score: demonstrator needs the demonstrations' returns of {', '.join(missing)} "
+                         "(run --stage data first, or keep the committed summary.json)")
+    return {t: data[f"demos_train/{t}"]["return_mean"] / 100.0 for t in tasks}
+
+
 def load_cells(results_dir: str) -> list[dict]:
     cells = []
     for path in sorted(glob.glob(os.path.join(results_dir, "cells", "*.json"))):
@@ -37,8 +52,8 @@ def load_cells(results_dir: str) -> list[dict]:
     return cells
 
 
-def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[str, ...], which: str = "last"
-                   ) -> dict[str, dict[str, list[float]]]:
+def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[str, ...], scale: dict[str, float],
+                   which: str = "last") -> dict[str, dict[str, list[float]]]:
     """{init: {task: [score per seed]}} over the (task, seed) pairs that every init finished."""
     by_key: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for c in cells:
@@ -46,7 +61,7 @@ def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[
         if cell["method"] != method or cell["episodes"] != episodes or cell["group"] not in groups:
             continue
         entry = c[which] if c.get(which) else c["last"]
-        by_key[(cell["task"], cell["seed"])][cell["init"]] = entry["mean"] / RETURN_PER_SCORE
+        by_key[(cell["task"], cell["seed"])][cell["init"]] = entry["mean"] / scale[cell["task"]]
     out: dict[str, dict[str, list[float]]] = {i: defaultdict(list) for i in INITS}
     for (task, _seed), per_init in sorted(by_key.items()):
         if all(i in per_init for i in INITS):
@@ -55,11 +70,12 @@ def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[
     return {i: dict(v) for i, v in out.items()}
 
 
-def summarize_block(cells: list[dict], method: str, episodes: int, n_boot: int = N_BOOT) -> list[dict]:
+def summarize_block(cells: list[dict], method: str, episodes: int, scale: dict[str, float], n_boot: int = N_BOOT
+                    ) -> list[dict]:
     rows = []
     for label, groups in GROUP_SETS.items():
         for which in ("last", "best"):
-            scores = matched_scores(cells, method, episodes, groups, which)
+            scores = matched_scores(cells, method, episodes, groups, scale, which)
             if not scores["scratch"]:
                 continue
             for k, init in enumerate(INITS):
@@ -76,11 +92,11 @@ def summarize_block(cells: list[dict], method: str, episodes: int, n_boot: int =
     return rows
 
 
-def per_task_rows(cells: list[dict], method: str, episodes: int) -> list[dict]:
+def per_task_rows(cells: list[dict], method: str, episodes: int, scale: dict[str, float]) -> list[dict]:
     rows = []
     groups = tuple(g for gs in GROUP_SETS.values() for g in gs)
-    scores = matched_scores(cells, method, episodes, groups)
-    best = matched_scores(cells, method, episodes, groups, "best")
+    scores = matched_scores(cells, method, episodes, groups, scale)
+    best = matched_scores(cells, method, episodes, groups, scale, "best")
     demo = {}
     for c in cells:
         if c["cell"]["method"] == method and c["cell"]["episodes"] == episodes and c.get("data"):
@@ -89,17 +105,17 @@ def per_task_rows(cells: list[dict], method: str, episodes: int) -> list[dict]:
         row = {"task": task, "seeds": len(scores["scratch"][task]),
                "data_return": float(np.mean(demo.get(task, [np.nan])))}
         for init in INITS:
-            v = np.array(scores[init][task]) * RETURN_PER_SCORE
+            v = np.array(scores[init][task]) * scale[task]
             row[init] = (float(v.mean()), float(v.std()))
-            row[init + "/best"] = float(np.mean(best[init][task]) * RETURN_PER_SCORE)
+            row[init + "/best"] = float(np.mean(best[init][task]) * scale[task])
         rows.append(row)
     return rows
 
 
 def blocks(cells: list[dict]) -> list[tuple[str, int]]:
+    """(method, episodes) blocks present, fewer episodes first, BC before RTG."""
     found = {(c["cell"]["method"], c["cell"]["episodes"]) for c in cells}
-    order = [("bc", 10), ("rtg", 10), ("bc", 50), ("rtg", 50)]
-    return [b for b in order if b in found]
+    return sorted(found, key=lambda b: (b[1], ("bc", "rtg").index(b[0])))
 
 
 def fmt_ci(x: float, ci) -> str:
@@ -133,7 +149,10 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_iqm(summary: dict, path: str) -> None:
+SCORE_LABEL = {"return": "return / 10", "demonstrator": "% of the demonstrator's return"}
+
+
+def plot_iqm(summary: dict, path: str, score_label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +176,7 @@ def plot_iqm(summary: dict, path: str) -> None:
         ax.set_xticklabels([g.replace(" (both)", "\n(both)") for g in groups], fontsize=8)
         ax.set_title(f"{block['method'].upper()}, {block['episodes']} episodes", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("IQM normalised score (return / 10)\n95% stratified bootstrap CI")
+    axes[0][0].set_ylabel(f"IQM normalised score ({score_label})\n95% stratified bootstrap CI")
     axes[0][-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -259,11 +278,12 @@ def write_report(preset, data: dict, results_dir: str | None = None, img_dir: st
     ``n_boot`` other than ``N_BOOT`` gives other CIs than the committed summary (tests use fewer)."""
     results_dir = results_dir or os.path.join(HERE, "results", preset.name)
     cells = load_cells(results_dir)
+    scale = returns_per_score(preset, data)
     summary = {"preset": preset.name, "cells_done": len(cells), "data": data, "blocks": []}
     for method, episodes in blocks(cells):
         summary["blocks"].append({"method": method, "episodes": episodes,
-                                  "rows": summarize_block(cells, method, episodes, n_boot),
-                                  "per_task": per_task_rows(cells, method, episodes)})
+                                  "rows": summarize_block(cells, method, episodes, scale, n_boot),
+                                  "per_task": per_task_rows(cells, method, episodes, scale)})
     # sorted: a set's order changes from run to run (hash seeds), the summary's key order must not
     summary["wall_s_per_cell"] = {m: float(np.mean([c["wall_s"] for c in cells if c["cell"]["method"] == m]))
                                   for m in sorted({c["cell"]["method"] for c in cells})}
@@ -277,7 +297,7 @@ def write_report(preset, data: dict, results_dir: str | None = None, img_dir: st
         os.makedirs(img, exist_ok=True)
         prefix = "study" if preset.name == "cpu" else f"study_{preset.name}"
         if summary["blocks"]:
-            plot_iqm(summary, os.path.join(img, f"{prefix}_iqm.png"))
+            plot_iqm(summary, os.path.join(img, f"{prefix}_iqm.png"), SCORE_LABEL[preset.score])
         for method, episodes in blocks(cells):
             plot_curves(cells, method, episodes, os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
         plot_pretrain(results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))

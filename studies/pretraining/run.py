@@ -54,7 +54,6 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [HERE, os.path.join(ROOT, "src")]  # report.py, preset.py; the package of this checkout
 
 from preset import Preset, load_preset, preset_names
-from report import RETURN_PER_SCORE
 
 from control_pretrain.errors import UserError
 
@@ -66,11 +65,13 @@ PRETRAIN_KIND = {"pretrained-random": "rand", "pretrained-sac": "full"}
 EPISODE_STEPS = 250  # agent steps of a dm_control episode: 1000 env steps at action repeat 4 (smart.md §2.1)
 
 
-# Priority: if time runs out, the finished cells still form a coherent subset (all tasks x inits x seeds).
-PRIORITY = [("bc", 10, ("unseen_task", "unseen_domain")), ("rtg", 10, ("unseen_task", "unseen_domain")),
-            ("bc", 10, ("seen",)), ("bc", 50, ("unseen_task", "unseen_domain")),
-            ("rtg", 50, ("unseen_task", "unseen_domain")), ("rtg", 10, ("seen",)), ("bc", 50, ("seen",)),
-            ("rtg", 50, ("seen",))]
+def priority(p: Preset) -> list[tuple[str, int, tuple[str, ...]]]:
+    """Blocks (method, episodes, groups) in run order, so that if time runs out the finished cells still form
+    coherent subsets (all tasks x inits x seeds of a block): unseen before seen, fewer episodes first, methods in
+    the preset's order."""
+    unseen = tuple(g for g in ("unseen_task", "unseen_domain") if g in p.tasks)
+    return [(m, e, groups) for groups in (unseen, ("seen",)) if any(g in p.tasks for g in groups)
+            for e in sorted(p.episodes) for m in p.methods]
 
 
 @dataclass(frozen=True)
@@ -273,9 +274,7 @@ def stage_pretrain(p: Preset, kinds: list[str], dry_run: bool) -> None:
 # ---- stage: cells ---------------------------------------------------------------------------------------------
 def all_cells(p: Preset) -> list[Cell]:
     cells = []
-    for method, episodes, groups in PRIORITY:
-        if method not in p.methods or episodes not in p.episodes:
-            continue
+    for method, episodes, groups in priority(p):
         tasks = [t for g in groups for t in p.tasks.get(g, [])]
         for seed, task, init in itertools.product(p.seeds, tasks, INITS):
             cells.append(Cell(method, task, episodes, init, seed))
@@ -360,7 +359,6 @@ def finish_cell(p: Preset, cell: Cell, cmd: list[str], wall: float) -> dict:
         "preset": p.name,
         "command": " ".join(cmd),
         "seed": cell.seed,
-        "score": report["mean"] / RETURN_PER_SCORE,
         "last": {k: report[k] for k in pick if k in report},
         "best": {k: v for k, v in report.get("best", {}).items() if k in (*pick, "selection_score")},
         "target_return": report.get("target_return"),
