@@ -53,10 +53,28 @@ class Preset:
     # How a run's test return becomes a score: "return" = return / 10 (dm_control returns lie in [0, 1000]);
     # "demonstrator" = return / the demonstrator's mean return x 100 (Premier-TACO's expert-normalised score)
     score: str = "return"
+    # Pretrained inits beside scratch: name -> [pretraining data kind (rand or full), extra dmc_pretrain.py flags]
+    inits: dict[str, list[str]] = dataclasses.field(
+        default_factory=lambda: {"pretrained-random": ["rand"], "pretrained-sac": ["full"]})
+    data_dir: str = ""  # "": data/study_{name} (data/study for cpu); another preset's folder shares its data
     notes: str = ""
 
     def task_group(self, task: str) -> str:
         return next(g for g, ts in self.tasks.items() if task in ts)
+
+    @property
+    def init_names(self) -> tuple[str, ...]:
+        return ("scratch", *self.inits)
+
+    def pretrain_run(self, init: str) -> str:
+        """The pretraining run an init starts from: its data kind (``rand``, ``full``) when it adds no flags, so
+        inits of the same data share one run, else the init's own name."""
+        kind, *flags = self.inits[init]
+        return init if flags else kind
+
+    def pretrain_runs(self) -> dict[str, list[str]]:
+        """{run name: [data kind, *flags]} of every pretraining run the inits need."""
+        return {self.pretrain_run(i): spec for i, spec in self.inits.items()}
 
 
 def preset_names() -> list[str]:
@@ -111,6 +129,10 @@ def load_preset(name_or_path: str) -> Preset:
     if missing:
         raise ArgumentError(f"{path}: missing key(s) {', '.join(missing)}; every preset sets them.")
     values = {k: _conform(v, hints[k], f"{path}: {k}") for k, v in raw.items()}
+    for init, spec in values.get("inits", {}).items():
+        if not spec or spec[0] not in ("rand", "full") or init == "scratch":
+            raise ArgumentError(f"{path}: inits.{init}: expected a name other than scratch and [rand or full, "
+                                f"flags...], found {spec!r}.")
     if values.get("score", "return") not in SCORES:
         raise ArgumentError(f"{path}: score: expected one of {', '.join(SCORES)}, found {values['score']!r}.")
     return Preset(name=os.path.splitext(os.path.basename(path))[0], **values)

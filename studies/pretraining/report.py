@@ -23,10 +23,15 @@ from control_pretrain.eval import stats as ss
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 log = logging.getLogger("study")
-INITS = ("scratch", "pretrained-random", "pretrained-sac")
 GROUP_SETS = {"unseen_task": ("unseen_task",), "unseen_domain": ("unseen_domain",),
               "unseen (both)": ("unseen_task", "unseen_domain"), "seen": ("seen",)}
 COLORS = {"scratch": "#7f7f7f", "pretrained-random": "#1f77b4", "pretrained-sac": "#d62728"}
+PALETTE = ("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")  # inits beyond the named ones
+
+
+def color(init: str, inits: tuple[str, ...]) -> str:
+    others = [i for i in inits if i not in COLORS]
+    return COLORS.get(init) or PALETTE[others.index(init) % len(PALETTE)]
 N_BOOT = 5000  # bootstrap resamples of every CI in the committed summary
 RETURN_PER_SCORE = 10.0  # normalised score = return / 10: dm_control returns lie in [0, 1000]
 
@@ -53,7 +58,7 @@ def load_cells(results_dir: str) -> list[dict]:
 
 
 def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[str, ...], scale: dict[str, float],
-                   which: str = "last") -> dict[str, dict[str, list[float]]]:
+                   inits: tuple[str, ...], which: str = "last") -> dict[str, dict[str, list[float]]]:
     """{init: {task: [score per seed]}} over the (task, seed) pairs that every init finished."""
     by_key: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for c in cells:
@@ -62,23 +67,23 @@ def matched_scores(cells: list[dict], method: str, episodes: int, groups: tuple[
             continue
         entry = c[which] if c.get(which) else c["last"]
         by_key[(cell["task"], cell["seed"])][cell["init"]] = entry["mean"] / scale[cell["task"]]
-    out: dict[str, dict[str, list[float]]] = {i: defaultdict(list) for i in INITS}
+    out: dict[str, dict[str, list[float]]] = {i: defaultdict(list) for i in inits}
     for (task, _seed), per_init in sorted(by_key.items()):
-        if all(i in per_init for i in INITS):
-            for i in INITS:
+        if all(i in per_init for i in inits):
+            for i in inits:
                 out[i][task].append(per_init[i])
     return {i: dict(v) for i, v in out.items()}
 
 
-def summarize_block(cells: list[dict], method: str, episodes: int, scale: dict[str, float], n_boot: int = N_BOOT
-                    ) -> list[dict]:
+def summarize_block(cells: list[dict], method: str, episodes: int, scale: dict[str, float],
+                    inits: tuple[str, ...], n_boot: int = N_BOOT) -> list[dict]:
     rows = []
     for label, groups in GROUP_SETS.items():
         for which in ("last", "best"):
-            scores = matched_scores(cells, method, episodes, groups, scale, which)
+            scores = matched_scores(cells, method, episodes, groups, scale, inits, which)
             if not scores["scratch"]:
                 continue
-            for k, init in enumerate(INITS):
+            for k, init in enumerate(inits):
                 s = scores[init]
                 row = {"method": method, "episodes": episodes, "group": label, "checkpoint": which, "init": init,
                        "tasks": len(s), "runs": int(sum(len(v) for v in s.values())),
@@ -92,11 +97,12 @@ def summarize_block(cells: list[dict], method: str, episodes: int, scale: dict[s
     return rows
 
 
-def per_task_rows(cells: list[dict], method: str, episodes: int, scale: dict[str, float]) -> list[dict]:
+def per_task_rows(cells: list[dict], method: str, episodes: int, scale: dict[str, float], inits: tuple[str, ...]
+                  ) -> list[dict]:
     rows = []
     groups = tuple(g for gs in GROUP_SETS.values() for g in gs)
-    scores = matched_scores(cells, method, episodes, groups, scale)
-    best = matched_scores(cells, method, episodes, groups, scale, "best")
+    scores = matched_scores(cells, method, episodes, groups, scale, inits)
+    best = matched_scores(cells, method, episodes, groups, scale, inits, "best")
     demo = {}
     for c in cells:
         if c["cell"]["method"] == method and c["cell"]["episodes"] == episodes and c.get("data"):
@@ -104,7 +110,7 @@ def per_task_rows(cells: list[dict], method: str, episodes: int, scale: dict[str
     for task in sorted(scores["scratch"]):
         row = {"task": task, "seeds": len(scores["scratch"][task]),
                "data_return": float(np.mean(demo.get(task, [np.nan])))}
-        for init in INITS:
+        for init in inits:
             v = np.array(scores[init][task]) * scale[task]
             row[init] = (float(v.mean()), float(v.std()))
             row[init + "/best"] = float(np.mean(best[init][task]) * scale[task])
@@ -122,7 +128,7 @@ def fmt_ci(x: float, ci) -> str:
     return f"{x:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: dict, inits: tuple[str, ...]) -> str:
     lines = []
     for block in summary["blocks"]:
         method, episodes = block["method"], block["episodes"]
@@ -141,9 +147,9 @@ def markdown(summary: dict) -> str:
                          f"{poi} |")
         lines += ["", (f"Per task (raw return, mean ± std over seeds, last checkpoint; best checkpoint in brackets; "
                        f"data = mean return of the {episodes} training episodes):"), "",
-                  "| task | seeds | data | scratch | pretrained-random | pretrained-sac |", "|---|---|---|---|---|---|"]
+                  f"| task | seeds | data | {' | '.join(inits)} |", "|---|---|---|" + "---|" * len(inits)]
         for r in block["per_task"]:
-            cols = " | ".join(f"{r[i][0]:.0f} ± {r[i][1]:.0f} ({r[i + '/best']:.0f})" for i in INITS)
+            cols = " | ".join(f"{r[i][0]:.0f} ± {r[i][1]:.0f} ({r[i + '/best']:.0f})" for i in inits)
             lines.append(f"| {r['task']} | {r['seeds']} | {r['data_return']:.0f} | {cols} |")
         lines.append("")
     return "\n".join(lines)
@@ -152,7 +158,7 @@ def markdown(summary: dict) -> str:
 SCORE_LABEL = {"return": "return / 10", "demonstrator": "% of the demonstrator's return"}
 
 
-def plot_iqm(summary: dict, path: str, score_label: str) -> None:
+def plot_iqm(summary: dict, inits: tuple[str, ...], path: str, score_label: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,15 +169,15 @@ def plot_iqm(summary: dict, path: str, score_label: str) -> None:
     for ax, block in zip(axes[0], bl):
         rows = [r for r in block["rows"] if r["checkpoint"] == "last"]
         groups = [g for g in GROUP_SETS if any(r["group"] == g for r in rows)]
-        for k, init in enumerate(INITS):
+        for k, init in enumerate(inits):
             xs, ys, lo, hi = [], [], [], []
             for j, g in enumerate(groups):
                 r = next(r for r in rows if r["group"] == g and r["init"] == init)
-                xs.append(j + (k - 1) * 0.25)
+                xs.append(j + (k - (len(inits) - 1) / 2) * 0.75 / len(inits))
                 ys.append(r["iqm"])
                 lo.append(r["iqm"] - r["iqm_ci"][0])
                 hi.append(r["iqm_ci"][1] - r["iqm"])
-            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=4, color=COLORS[init], label=init)
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=4, color=color(init, inits), label=init)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([g.replace(" (both)", "\n(both)") for g in groups], fontsize=8)
         ax.set_title(f"{block['method'].upper()}, {block['episodes']} episodes", fontsize=10)
@@ -183,7 +189,7 @@ def plot_iqm(summary: dict, path: str, score_label: str) -> None:
     plt.close(fig)
 
 
-def plot_curves(cells: list[dict], method: str, episodes: int, path: str) -> None:
+def plot_curves(cells: list[dict], method: str, episodes: int, inits: tuple[str, ...], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,7 +207,7 @@ def plot_curves(cells: list[dict], method: str, episodes: int, path: str) -> Non
     rows = (len(tasks) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
     for ax, task in zip(axes.ravel(), tasks):
-        for init in INITS:
+        for init in inits:
             runs = curves[task].get(init, [])
             if not runs:
                 continue
@@ -211,9 +217,10 @@ def plot_curves(cells: list[dict], method: str, episodes: int, path: str) -> Non
                 for s, v in r:
                     table[i, steps.index(s)] = v
             mean = np.nanmean(table, 0)
-            ax.plot(steps, mean, "-o", ms=3, color=COLORS[init], label=f"{init} ({len(runs)})")
+            ax.plot(steps, mean, "-o", ms=3, color=color(init, inits), label=f"{init} ({len(runs)})")
             if len(runs) > 1:
-                ax.fill_between(steps, np.nanmin(table, 0), np.nanmax(table, 0), color=COLORS[init], alpha=0.12)
+                ax.fill_between(steps, np.nanmin(table, 0), np.nanmax(table, 0), color=color(init, inits),
+                                alpha=0.12)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("finetuning step", fontsize=8)
         ax.grid(alpha=0.3)
@@ -228,31 +235,33 @@ def plot_curves(cells: list[dict], method: str, episodes: int, path: str) -> Non
     plt.close(fig)
 
 
-def plot_pretrain(results_dir: str, path: str) -> None:
+def plot_pretrain(preset, results_dir: str, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {}
-    for kind in ("rand", "full"):
-        f = os.path.join(results_dir, f"pretrain_{kind}.json")
-        if os.path.exists(f):
+    runs, labels = {}, {}
+    for init in preset.inits:
+        name = preset.pretrain_run(init)
+        f = os.path.join(results_dir, f"pretrain_{name}.json")
+        if os.path.exists(f) and name not in runs:
             with open(f) as fh:
-                runs[kind] = json.load(fh)["scalars"]
+                runs[name] = json.load(fh)["scalars"]
+            labels[name] = init
     if not runs:
         return
     tags = ["forward_loss", "inverse_loss", "masked_hindsight_loss"]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.0))
     for ax, tag in zip(axes, tags):
-        for kind, sc in runs.items():
-            color = COLORS["pretrained-random" if kind == "rand" else "pretrained-sac"]
+        for name, sc in runs.items():
+            c = color(labels[name], preset.init_names)
             if f"train/{tag}" in sc:
                 s, v = zip(*sc[f"train/{tag}"])
-                ax.plot(s, v, color=color, alpha=0.35, lw=0.8)
+                ax.plot(s, v, color=c, alpha=0.35, lw=0.8)
             if f"val/{tag}" in sc:
                 s, v = zip(*sc[f"val/{tag}"])
-                ax.plot(s, v, "-o", color=color, ms=3, label=f"{'random' if kind == 'rand' else 'SAC'} data (val)")
+                ax.plot(s, v, "-o", color=c, ms=3, label=f"{labels[name]} (val)")
         ax.set_title(tag, fontsize=9)
         ax.set_xlabel("pretraining step", fontsize=8)
         ax.set_yscale("log")
@@ -282,14 +291,14 @@ def write_report(preset, data: dict, results_dir: str | None = None, img_dir: st
     summary = {"preset": preset.name, "cells_done": len(cells), "data": data, "blocks": []}
     for method, episodes in blocks(cells):
         summary["blocks"].append({"method": method, "episodes": episodes,
-                                  "rows": summarize_block(cells, method, episodes, scale, n_boot),
-                                  "per_task": per_task_rows(cells, method, episodes, scale)})
+                                  "rows": summarize_block(cells, method, episodes, scale, preset.init_names, n_boot),
+                                  "per_task": per_task_rows(cells, method, episodes, scale, preset.init_names)})
     # sorted: a set's order changes from run to run (hash seeds), the summary's key order must not
     summary["wall_s_per_cell"] = {m: float(np.mean([c["wall_s"] for c in cells if c["cell"]["method"] == m]))
                                   for m in sorted({c["cell"]["method"] for c in cells})}
     os.makedirs(results_dir, exist_ok=True)
     write_text(os.path.join(results_dir, "summary.json"), json.dumps(summary, indent=1))
-    write_text(os.path.join(results_dir, "summary.md"), markdown(summary))
+    write_text(os.path.join(results_dir, "summary.md"), markdown(summary, preset.init_names))
     if importlib.util.find_spec("matplotlib") is None:
         log.warning("matplotlib is not installed (pip install -e '.[bench]'): plots skipped, tables written")
     else:
@@ -297,9 +306,10 @@ def write_report(preset, data: dict, results_dir: str | None = None, img_dir: st
         os.makedirs(img, exist_ok=True)
         prefix = "study" if preset.name == "cpu" else f"study_{preset.name}"
         if summary["blocks"]:
-            plot_iqm(summary, os.path.join(img, f"{prefix}_iqm.png"), SCORE_LABEL[preset.score])
+            plot_iqm(summary, preset.init_names, os.path.join(img, f"{prefix}_iqm.png"), SCORE_LABEL[preset.score])
         for method, episodes in blocks(cells):
-            plot_curves(cells, method, episodes, os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
-        plot_pretrain(results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))
-    sys.stdout.write(markdown(summary) + "\n")  # the tables are the command's output
+            plot_curves(cells, method, episodes, preset.init_names,
+                        os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
+        plot_pretrain(preset, results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))
+    sys.stdout.write(markdown(summary, preset.init_names) + "\n")  # the tables are the command's output
     return summary

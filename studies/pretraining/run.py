@@ -60,8 +60,6 @@ from control_pretrain.errors import UserError
 log = logging.getLogger("study")
 
 GROUPS = ("seen", "unseen_task", "unseen_domain")
-INITS = ("scratch", "pretrained-random", "pretrained-sac")
-PRETRAIN_KIND = {"pretrained-random": "rand", "pretrained-sac": "full"}
 EPISODE_STEPS = 250  # agent steps of a dm_control episode: 1000 env steps at action repeat 4 (smart.md §2.1)
 
 
@@ -93,7 +91,7 @@ class Cell:
 
 # ---- paths ----------------------------------------------------------------------------------------------------
 def data_root(p: Preset) -> str:
-    return "data/study" if p.name == "cpu" else f"data/study_{p.name}"
+    return p.data_dir or ("data/study" if p.name == "cpu" else f"data/study_{p.name}")
 
 
 def out_root(p: Preset) -> str:
@@ -168,13 +166,17 @@ def sac_eval_every(steps: int) -> int:
 
 def stage_data(p: Preset, tasks: list[str], dry_run: bool) -> None:
     root, logs = data_root(p), f"{data_root(p)}/logs"
+    kinds = {kind for kind, *_ in p.inits.values()}
     for task in pretrain_task_list(p):
-        ensure_file(h5(f"{root}/pre", "randcollect", task, 1),
-                    collect_cmd(task, "random", p.pretrain_random_steps, 1, f"{root}/pre", p), f"{logs}/data.log",
-                    dry_run)
-        ensure_file(h5(f"{root}/pre", "fullcollect", task, 1),
-                    collect_cmd(task, "sac", p.pretrain_sac_steps, 1, f"{root}/pre", p, "--save_agent",
-                                "--eval_every", str(sac_eval_every(p.pretrain_sac_steps)), *p.sac_flags), f"{logs}/data.log", dry_run, resumable=True)
+        if "rand" in kinds:
+            ensure_file(h5(f"{root}/pre", "randcollect", task, 1),
+                        collect_cmd(task, "random", p.pretrain_random_steps, 1, f"{root}/pre", p),
+                        f"{logs}/data.log", dry_run)
+        if "full" in kinds:
+            ensure_file(h5(f"{root}/pre", "fullcollect", task, 1),
+                        collect_cmd(task, "sac", p.pretrain_sac_steps, 1, f"{root}/pre", p, "--save_agent",
+                                    "--eval_every", str(sac_eval_every(p.pretrain_sac_steps)), *p.sac_flags),
+                        f"{logs}/data.log", dry_run, resumable=True)
     for task in tasks:
         prefix = sac_agent_prefix(p, task)
         replay = h5(prefix, "fullcollect", task, 1)
@@ -235,39 +237,41 @@ def model_flags(p: Preset) -> list[str]:
             str(p.context_length), "--data.batch_size", str(p.batch_size), "--data.num_workers", str(p.num_workers)]
 
 
-def pretrain_dir(p: Preset, kind: str) -> str:
-    return f"{out_root(p)}/pretrain_{kind}"
+def pretrain_dir(p: Preset, run_name: str) -> str:
+    return f"{out_root(p)}/pretrain_{run_name}"
 
 
-def pretrain_ckpt(p: Preset, kind: str) -> str:
-    return f"{pretrain_dir(p, kind)}/checkpoints/last.ckpt"
+def pretrain_ckpt(p: Preset, run_name: str) -> str:
+    return f"{pretrain_dir(p, run_name)}/checkpoints/last.ckpt"
 
 
-def pretrain_cmd(p: Preset, kind: str) -> list[str]:
+def pretrain_cmd(p: Preset, run_name: str) -> list[str]:
+    kind, *flags = p.pretrain_runs()[run_name]
     steps = p.pretrain_random_steps if kind == "rand" else p.pretrain_sac_steps
     cmd = [sys.executable, "src/dmc_pretrain.py", "--multi_config", p.pretrain_tasks, "--source_data_type", kind,
            "--train_replay_id", "1", "--num_steps", str(steps), "--epochs", str(p.pretrain_epochs),
            "--model_type", "naive", "--data_dir_prefix", f"{data_root(p)}/pre", "--output_dir",
-           pretrain_dir(p, kind), "--seed_everything", "0", "--quiet", *model_flags(p), *p.extra_train]
+           pretrain_dir(p, run_name), "--seed_everything", "0", "--quiet", *model_flags(p), *p.extra_train, *flags]
     if p.pretrain_batches_per_epoch:
         cmd += ["--trainer.limit_train_batches", str(p.pretrain_batches_per_epoch)]
     return cmd
 
 
-def stage_pretrain(p: Preset, kinds: list[str], dry_run: bool) -> None:
-    for kind in kinds:
-        marker = f"{results_root(p)}/pretrain_{kind}.json"
-        if os.path.exists(os.path.join(ROOT, pretrain_ckpt(p, kind))) and os.path.exists(os.path.join(ROOT, marker)):
+def stage_pretrain(p: Preset, run_names: list[str], dry_run: bool) -> None:
+    for name in run_names:
+        marker = f"{results_root(p)}/pretrain_{name}.json"
+        if os.path.exists(os.path.join(ROOT, pretrain_ckpt(p, name))) and os.path.exists(os.path.join(ROOT, marker)):
             continue
         if os.path.exists(os.path.join(ROOT, marker)):
             log.warning("%s exists but its checkpoint does not (new machine?): pretraining again", marker)
-        shutil.rmtree(os.path.join(ROOT, pretrain_dir(p, kind)), ignore_errors=True)
-        cmd = pretrain_cmd(p, kind)
-        wall = run(cmd, f"{out_root(p)}/logs/pretrain_{kind}.log", dry_run)
+        shutil.rmtree(os.path.join(ROOT, pretrain_dir(p, name)), ignore_errors=True)
+        cmd = pretrain_cmd(p, name)
+        wall = run(cmd, f"{out_root(p)}/logs/pretrain_{name}.log", dry_run)
         if dry_run:
             continue
-        record = {"kind": kind, "command": " ".join(cmd), "wall_s": wall, "checkpoint": pretrain_ckpt(p, kind),
-                  "scalars": read_scalars(pretrain_dir(p, kind)), **provenance()}
+        record = {"kind": p.pretrain_runs()[name][0], "command": " ".join(cmd), "wall_s": wall,
+                  "checkpoint": pretrain_ckpt(p, name), "scalars": read_scalars(pretrain_dir(p, name)),
+                  **provenance()}
         write_json(marker, record)
 
 
@@ -276,7 +280,7 @@ def all_cells(p: Preset) -> list[Cell]:
     cells = []
     for method, episodes, groups in priority(p):
         tasks = [t for g in groups for t in p.tasks.get(g, [])]
-        for seed, task, init in itertools.product(p.seeds, tasks, INITS):
+        for seed, task, init in itertools.product(p.seeds, tasks, p.init_names):
             cells.append(Cell(method, task, episodes, init, seed))
     return cells
 
@@ -301,7 +305,7 @@ def cell_cmd(p: Preset, cell: Cell) -> list[str]:
     if not bc and cell.task in p.target_returns:
         cmd += ["--target_return", str(p.target_returns[cell.task])]
     if cell.init != "scratch":
-        cmd += ["--load_model_from", pretrain_ckpt(p, PRETRAIN_KIND[cell.init]), "--no_load_action"]
+        cmd += ["--load_model_from", pretrain_ckpt(p, p.pretrain_run(cell.init)), "--no_load_action"]
     return cmd
 
 
@@ -436,7 +440,7 @@ def stage_cells(p: Preset, cells: list[Cell], jobs: int, stop_at: str | None, ki
         for c in todo:
             log.info("$ %s", " ".join(cell_cmd(p, c)))
         return
-    needed = {PRETRAIN_KIND[c.init] for c in todo if c.init != "scratch"}
+    needed = {p.pretrain_run(c.init) for c in todo if c.init != "scratch"}
     stage_pretrain(p, sorted(needed), dry_run)
     running: dict[subprocess.Popen, tuple[Cell, list[str], float, object]] = {}
     done = failed = 0
@@ -515,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "data"):
         stage_data(p, tasks, args.dry_run)
     if args.stage in ("all", "pretrain"):
-        stage_pretrain(p, ["rand", "full"], args.dry_run)
+        stage_pretrain(p, list(p.pretrain_runs()), args.dry_run)
     if args.stage in ("all", "cells"):
         stage_cells(p, cells, args.jobs, args.stop_at, args.kill_at, args.dry_run)
     if args.stage in ("all", "report"):
