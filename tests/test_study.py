@@ -29,7 +29,7 @@ report = _load("report")
 
 
 def test_shipped_presets_load_typed():
-    assert preset.preset_names() == ["cpu", "paper", "transfer"]
+    assert preset.preset_names() == ["cpu", "objectives", "paper", "transfer"]
     cpu, paper = preset.load_preset("cpu"), preset.load_preset("paper")
     assert cpu.name == "cpu" and cpu.episodes == (10, 50) and cpu.seeds == (1, 2, 3)
     assert cpu.model == {"n_layer": 2, "n_head": 2, "n_embd": 64} and cpu.target_returns == {"reacher-easy": 1000.0}
@@ -60,7 +60,7 @@ def test_preset_errors_name_file_and_key(tmp_path):
         preset.load_preset(_write(tmp_path, good.replace("seeds: [1, 2, 3]", "seeds: [1, two]")))
     with pytest.raises(ArgumentError, match=r"missing key\(s\) val_every"):
         preset.load_preset(_write(tmp_path, good.replace("val_every: 100\n", "")))
-    with pytest.raises(ArgumentError, match="--preset gpu: no preset file.*cpu, paper"):
+    with pytest.raises(ArgumentError, match="--preset gpu: no preset file.*cpu, objectives, paper"):
         preset.load_preset("gpu")
     with pytest.raises(ArgumentError, match="score: expected one of return, demonstrator, found 'expert'"):
         preset.load_preset(_write(tmp_path, good + "score: expert\n"))
@@ -79,6 +79,21 @@ def test_run_order_and_scores_follow_the_preset():
     assert set(report.returns_per_score(preset.load_preset("cpu"), {}).values()) == {10.0}
     with pytest.raises(ValueError, match="demonstrator needs the demonstrations' returns of walker-walk"):
         report.returns_per_score(transfer, {})
+
+
+def test_inits_with_flags_get_their_own_pretraining_run():
+    run = _load("run")
+    ablation, cpu = preset.load_preset("objectives"), preset.load_preset("cpu")
+    assert cpu.pretrain_runs() == {"rand": ["rand"], "full": ["full"]}  # the committed pretrain_{rand,full}.json
+    assert ablation.init_names[0] == "scratch" and ablation.pretrain_run("fd_id_rmhc") == "rand"
+    cmd = run.pretrain_cmd(ablation, ablation.pretrain_run("rmhc"))
+    i = cmd.index("--model.forward_weight")
+    assert cmd[i:i + 4] == ["--model.forward_weight", "0", "--model.inverse_weight", "0"]
+    assert cmd[cmd.index("--output_dir") + 1] == "outputs/study/objectives/pretrain_rmhc"
+    cell = run.Cell("bc", "walker-walk", 10, "fd", 1)
+    load = run.cell_cmd(ablation, cell)
+    assert load[load.index("--load_model_from") + 1] == "outputs/study/objectives/pretrain_fd/checkpoints/last.ckpt"
+    assert run.data_root(ablation) == run.data_root(cpu) == "data/study"
 
 
 def test_report_on_committed_cells_matches_committed_point_estimates(tmp_path):
