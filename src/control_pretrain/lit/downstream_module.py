@@ -140,10 +140,11 @@ class DownstreamModule(ControlModule):
         """Observation statistics, once, before the first step: a domain seen in pretraining keeps the
         checkpoint's (the encoder was trained on them); an unseen domain, or a model trained from scratch, takes
         those of its finetuning training episodes (DataModule ``obs_stats``; none with normalize_obs false)."""
-        if not self.normalizes_obs:
+        dm = self.trainer.datamodule
+        if not self.normalizes_obs or not hasattr(dm, "obs_stats"):  # no DataModule of ours: nothing to decide
             return
         hp = self.hparams
-        data_stats = getattr(self.trainer.datamodule, "obs_stats", None)
+        data_stats = dm.obs_stats
         if self.obs_layout is not None:
             identity = " (identity: it has none)" if self.model.obs_normalizer.is_identity else ""
             self.use_obs_stats(None, self.obs_layout, f"checkpoint {hp.load_model_from}, a seen domain{identity}")
