@@ -48,6 +48,10 @@ class RecordWindows(Callback):
             "target": fingerprint(pl_module.model.target_obs_encoder),
             "online": fingerprint(pl_module.model.obs_encoder),
             "rng": self.rng,  # torch's RNG state at the first training step
+            # this rank's own computation of the observation statistics (DDP would broadcast rank 0's buffers)
+            "obs_stats": hashlib.sha256(trainer.datamodule.obs_stats.mean.tobytes()
+                                        + trainer.datamodule.obs_stats.std.tobytes()).hexdigest(),
+            "normalizer": fingerprint(pl_module.model.obs_normalizer),
         }
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:

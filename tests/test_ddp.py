@@ -70,6 +70,8 @@ def test_two_processes_split_every_epoch_sync_metrics_and_resume(collected_dir, 
     assert first[0]["target"] == first[1]["target"] != first[0]["initial_target"]  # EMA moved, the same everywhere
     assert first[0]["online"] == first[1]["online"]
     assert first[0]["rng"] != first[1]["rng"]  # but each rank draws its own dropout and masks
+    # Each rank computed the observation statistics of the whole training split, bit for bit the same.
+    assert first[0]["obs_stats"] == first[1]["obs_stats"] and first[0]["normalizer"] == first[1]["normalizer"]
     # Written once, by rank 0: no per-rank or versioned copies.
     files = sorted(os.listdir(tmp_path / "checkpoints"))
     assert len(files) == 2 and "last.ckpt" in files and files[0].startswith("best-epoch00")

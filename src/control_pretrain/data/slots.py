@@ -61,6 +61,10 @@ class SlotLayout:
         """Whether ``domain`` has a slot of exactly ``size`` values."""
         return domain in self.slots and self.slots[domain][1] == size
 
+    def number(self, domain: str) -> int:
+        """The slot's position in layout order: the ``domain_id`` of the domain's samples (data/windows.py)."""
+        return list(self.slots).index(domain)
+
     def take(self, domain: str, y):
         """The domain's slice of (..., ``self.size``) arrays or tensors."""
         offset, size = self.slots[domain]

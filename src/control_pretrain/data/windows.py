@@ -113,6 +113,9 @@ class EpisodeWindowDataset(Dataset):
         self.obs_layout = obs_layout or SlotLayout.from_sizes([(f.domain, f.obs_dim) for f in files])
         self.action_layout = action_layout or SlotLayout.from_sizes([(f.domain, f.action_dim) for f in files])
         domains = list(self.action_layout.slots)
+        if state and list(self.obs_layout.slots) != domains:  # domain_id numbers the slots of both layouts
+            raise ValueError(f"observation layout {self.obs_layout.slots} and action layout "
+                             f"{self.action_layout.slots} list their domains in different orders")
         task_ids = list(task_ids) if task_ids is not None else list(range(len(files)))
         episodes = list(episodes) if episodes is not None else [None] * len(files)
 
@@ -176,7 +179,7 @@ class EpisodeWindowDataset(Dataset):
             "timesteps": self.timesteps[steps],  # (B, K)
             "action_mask": self.action_masks[files],  # (B, A)
             "task_id": self.file_task[files],  # (B,)
-            "domain_id": self.file_domain[files],  # (B,)
+            "domain_id": self.file_domain[files],  # (B,) slot number in both layouts
         }
         if self.state:
             batch["observations"] = self.observations[steps]  # (B, K, D)

@@ -21,8 +21,9 @@ from ..data.slots import SlotLayout
 @runtime_checkable
 class Policy(Protocol):
     """What ``evaluate`` calls. ``__call__`` gets ``observations`` (B, T, D) float32 or ``pixels``
-    (B, T, 3, H, W) uint8, ``actions`` (B, T-1, A), ``timesteps`` (B, T) int64 and, if ``target_return`` is not
-    None, ``rtg`` (B, T) float32, and returns (B, T, A) action predictions, one per observation token."""
+    (B, T, 3, H, W) uint8, ``actions`` (B, T-1, A), ``timesteps`` (B, T) int64, with observations ``domain_id``
+    (B,) int64 (the slot of ``obs_layout`` they sit in) and, if ``target_return`` is not None, ``rtg`` (B, T)
+    float32, and returns (B, T, A) action predictions, one per observation token."""
 
     context_length: int  # K, the longest context the policy accepts
     obs_type: str  # "state" (flat observations) or "pixels" (rendered frames)

@@ -122,6 +122,8 @@ def evaluate(
                 "actions": act_ring[rows[:, None], cols[:-1]],  # (n, T-1, A): ends with the newest observation
                 "timesteps": steps.expand(len(idx), T),  # (n, T)
             }
+            if not pixels:  # the slot each sample's observations sit in, as training batches carry it
+                batch["domain_id"] = torch.full((len(idx),), obs_layout.number(domain), device=device)  # (n,)
             if rtg_mode:
                 batch["rtg"] = rtg_ring[rows[:, None], cols]  # (n, T)
             pred = policy(batch)  # (n, T, A)

@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
+from ..data.obs_stats import ObsStats
+from ..data.slots import SlotLayout
 from ..models.control_transformer import ControlTransformer, ControlTransformerConfig, param_groups
 from ..objectives import Objective, combine_losses
 
 log = logging.getLogger(__name__)
+
+OBS_STATS_FILE = "obs_stats.json"  # next to config.yaml in the run's output directory
+NORMALIZER_PREFIX = "model.obs_normalizer."  # its buffers in the module's state dict
 
 
 class ControlModule(LightningModule):
@@ -35,6 +42,10 @@ class ControlModule(LightningModule):
             self.model.compile()  # in place: state-dict keys stay the same
         self.objectives = nn.ModuleDict()
         self.weights: dict[str, float] = {}
+        # The observation statistics the model uses and where they came from (set in the subclass's ``setup``,
+        # state observations only), written to OBS_STATS_FILE when fitting starts.
+        self.obs_stats: ObsStats | None = None
+        self.obs_stats_source: str | None = None
 
     def add_objective(self, objective: Objective) -> None:
         self.objectives[f"{objective.name}_objective"] = objective
@@ -44,11 +55,48 @@ class ControlModule(LightningModule):
         key = f"{name}_objective"
         return self.objectives[key] if key in self.objectives else None  # noqa: SIM401 (ModuleDict has no get)
 
+    # ---- observation statistics (state observations) ------------------------------------------------------
+    @property
+    def normalizes_obs(self) -> bool:
+        """Whether the model has an observation normaliser (state observations) whose statistics are not set yet."""
+        return hasattr(self.model, "obs_normalizer") and self.obs_stats is None
+
+    def use_obs_stats(self, stats: ObsStats | None, layout: SlotLayout, source: str) -> None:
+        """Put ``stats`` into the model, or with None keep the statistics it holds (loaded from a checkpoint, or
+        identity), and log their source in one line. Called in ``setup``: a checkpoint restored afterwards
+        (``--ckpt_path``) replaces them (``on_load_checkpoint``)."""
+        normalizer = self.model.obs_normalizer
+        if stats is None:
+            stats = ObsStats.from_vectors(layout, normalizer.mean.cpu().numpy(), normalizer.std.cpu().numpy())
+        else:
+            normalizer.set_stats(stats.mean, stats.std, stats.slot_index())
+        self.obs_stats, self.obs_stats_source = stats, source
+        log.info("observation statistics for %s: %s", ", ".join(layout.slots), source)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """On resume or test, the checkpoint's statistics win; say so if they differ from those set in ``setup``."""
+        if self.obs_stats is None:
+            return
+        state = checkpoint["state_dict"]
+        if NORMALIZER_PREFIX + "mean" in state:
+            mean, std = (state[NORMALIZER_PREFIX + k].float().cpu().numpy() for k in ("mean", "std"))
+        else:  # written before normalisation existed: identity (models/normalizer.py)
+            mean, std = np.zeros_like(self.obs_stats.mean), np.ones_like(self.obs_stats.std)
+        if not (np.array_equal(mean, self.obs_stats.mean) and np.array_equal(std, self.obs_stats.std)):
+            log.warning("the checkpoint's observation statistics differ from %s; the checkpoint's are used",
+                        self.obs_stats_source)
+            self.obs_stats = ObsStats.from_vectors(self.obs_stats.layout, mean, std)
+            self.obs_stats_source = "the checkpoint this run resumed from"
+
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:
             # --seed_everything seeds every rank alike; offset it so ranks draw different dropout and RMHC masks
             # for their different windows. The weights stay identical: DDP has broadcast rank 0's.
             torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
+        if self.obs_stats is not None and self.trainer.is_global_zero:  # after any checkpoint was restored
+            path = os.path.join(self.trainer.default_root_dir, OBS_STATS_FILE)
+            os.makedirs(self.trainer.default_root_dir, exist_ok=True)
+            self.obs_stats.write_json(path, self.obs_stats_source)
 
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cache: dict = {}

@@ -7,7 +7,8 @@ Deviations from microsoft/smart ``CTLitModule``:
   are logged; sizes default to the checkpoint's (dmc_downstream.py), and a checkpoint that does not fit is a clear
   error;
 - for state observations, a domain seen in pretraining keeps its slot of the pretraining observation layout, so
-  the whole state encoder transfers;
+  the whole state encoder transfers, and the checkpoint's observation statistics; an unseen domain (and a model
+  trained from scratch) is normalised with its finetuning data's statistics (``setup``, logged);
 - ``freeze_encoder`` freezes the observation encoder (the original trained only the BC head, and the wrong head in
   return-conditioned mode, smart.md §2.9);
 - rollouts are batched, aligned with training, reset once, and seeded separately for checkpoint selection
@@ -28,7 +29,7 @@ from ..eval.policies import BehaviorCloningPolicy, ReturnConditionedPolicy, Trun
 from ..eval.stats import target_return_for
 from ..models.control_transformer import ControlTransformerConfig
 from ..objectives import BehaviorCloningObjective, ReturnConditionedConfig, ReturnConditionedObjective
-from .control_module import ControlModule
+from .control_module import NORMALIZER_PREFIX, ControlModule
 from .weights import forget_pretrained, load_weights, read_pretrained
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class DownstreamModule(ControlModule):
         self.reinitialised: list[str] = []
         if pretrained is not None:
             exclude = ["objectives."] + (["model.action_encoder."] if no_load_action else [])
+            if self.obs_layout is None:  # an unseen domain gets statistics of its own data (``setup``)
+                exclude.append(NORMALIZER_PREFIX)
             self.loaded, self.reinitialised = load_weights(self, pretrained, exclude, self.model.to_config())
             forget_pretrained()
         self.model.mask_token.requires_grad_(False)  # finetuning masks nothing; DDP rejects unused parameters
@@ -133,11 +136,36 @@ class DownstreamModule(ControlModule):
         """The policy objective (BC or RTG head)."""
         return next(iter(self.objectives.values()))
 
+    def setup(self, stage: str) -> None:
+        """Observation statistics, once, before the first step: a domain seen in pretraining keeps the
+        checkpoint's (the encoder was trained on them); an unseen domain, or a model trained from scratch, takes
+        those of its finetuning training episodes (DataModule ``obs_stats``; none with normalize_obs false)."""
+        dm = self.trainer.datamodule
+        if not self.normalizes_obs or not hasattr(dm, "obs_stats"):  # no DataModule of ours: nothing to decide
+            return
+        hp = self.hparams
+        data_stats = dm.obs_stats
+        if self.obs_layout is not None:
+            identity = " (identity: it has none)" if self.model.obs_normalizer.is_identity else ""
+            self.use_obs_stats(None, self.obs_layout, f"checkpoint {hp.load_model_from}, a seen domain{identity}")
+            return
+        layout = SlotLayout.single(hp.domain, hp.obs_dim)
+        origin = f"a domain {hp.load_model_from} has not seen" if hp.load_model_from else "training from scratch"
+        if data_stats is not None:
+            source = f"the finetuning training episodes ({data_stats.steps[hp.domain]} steps), {origin}"
+        else:
+            source = f"identity (--data.normalize_obs false), {origin}"
+        self.use_obs_stats(data_stats, layout, source)
+
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Place state observations into the domain's slot of the pretraining layout, if it has one."""
+        """Place state observations into the domain's slot of the pretraining layout, if it has one (with that
+        slot's number as ``domain_id``, which the observation normaliser reads)."""
         if self.obs_layout is None or "observations" not in batch:
             return batch
-        return {**batch, "observations": self.obs_layout.place(self.hparams.domain, batch["observations"])}
+        domain = self.hparams.domain
+        obs = batch["observations"]  # (B, T, own obs_dim)
+        domain_id = torch.full((len(obs),), self.obs_layout.number(domain), dtype=torch.long, device=obs.device)
+        return {**batch, "observations": self.obs_layout.place(domain, obs), "domain_id": domain_id}  # (B, T, D)
 
     def compute_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return super().compute_losses(self.prepare(batch))

@@ -9,7 +9,9 @@ Deviations from microsoft/smart ``MultiTaskCTLitModule`` (each also noted where 
 - trunk sizes, objectives (class_path/init_args, each with its weight and config) and the curriculum come from
   a method preset (configs/methods/smart.yaml, ``--method``);
 - ``--load_model_from`` initialises the weights from a checkpoint (the original crashed, smart.md §3.1);
-  ``--ckpt_path last`` resumes an interrupted run with its optimiser and epoch.
+  ``--ckpt_path last`` resumes an interrupted run with its optimiser and epoch;
+- state observations are normalised with the training split's per-dimension statistics, set in ``setup`` and
+  stored in the checkpoint and in ``obs_stats.json`` (``--data.normalize_obs false``: raw, as the original).
 """
 
 from __future__ import annotations
@@ -128,6 +130,19 @@ class PretrainModule(ControlModule):
             rmhc.mask_actions, rmhc.mask_obs = max(mask_actions, 1), max(mask_obs, 0)
         if init_from:
             load_weights(self, init_from)
+
+    def setup(self, stage: str) -> None:
+        """Observation statistics from the DataModule (its training split), before the first step."""
+        dm = self.trainer.datamodule
+        if not self.normalizes_obs or not hasattr(dm, "obs_stats"):
+            return
+        if dm.obs_stats is not None:
+            source = f"the pretraining training split ({sum(dm.obs_stats.steps.values())} steps)"
+        elif self.model.obs_normalizer.is_identity:
+            source = "identity (--data.normalize_obs false)"
+        else:
+            source = f"--model.init_from {self.hparams.init_from} (--data.normalize_obs false keeps them)"
+        self.use_obs_stats(dm.obs_stats, dm.obs_layout, source)
 
     def on_train_epoch_start(self) -> None:
         self._set_mask_sizes()

@@ -12,6 +12,8 @@ Deviations from the reference (microsoft/smart mingpt.py):
 - The EMA target encoder is updated by the forward-dynamics objective's ``after_optimizer_step`` hook with
   ``models/ema.py``, never inside ``forward`` (the original also moved it during validation, smart.md §5.2.7).
 - Observation encoders keep PyTorch's default init as in the original; everything else is N(0, 0.02).
+- State observations are normalised per dimension inside the model (``obs_normalizer``, from the training data;
+  the original fed raw vectors); identity with ``--data.normalize_obs false``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from .blocks import Block, init_weights
 from .encoders import ActionEncoder, PixelEncoder, StateEncoder
 from .masks import causal_mask, inverse_mask
+from .normalizer import ObservationNormalizer
 from .trunk import PassKind, split_tokens
 
 __all__ = ["ControlTransformer", "ControlTransformerConfig", "init_weights", "param_groups", "split_tokens"]
@@ -82,6 +85,9 @@ class ControlTransformer(nn.Module):
             self.obs_encoder: nn.Module = PixelEncoder(C)
         else:
             self.obs_encoder = StateEncoder(config.obs_dim, C, config.state_hidden)
+            # Per-dimension statistics in each sample's domain slot, before the online and the target encoder;
+            # identity until the LightningModule sets them (models/normalizer.py, data/obs_stats.py).
+            self.obs_normalizer = ObservationNormalizer(config.obs_dim)
         self.action_encoder = ActionEncoder(config.action_dim, C)
         # Per-step timestep table (fix of smart.md §2.2: the original indexed one 10,001-row table by the
         # window's first timestep only, so tokens did not know their own step and 97% of the rows were unused).
@@ -113,7 +119,8 @@ class ControlTransformer(nn.Module):
         if self.config.obs_type == "pixels":
             frames = batch["pixels"]  # (B, T, 3, 84, 84) uint8
             return encoder(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])  # (B, T, C)
-        return encoder(batch["observations"])  # (B, T, C)
+        obs = self.obs_normalizer(batch["observations"], batch.get("domain_id"))  # (B, T, D)
+        return encoder(obs)  # (B, T, C)
 
     def encode_observations(self, batch: dict[str, Tensor]) -> Tensor:
         """Online observation tokens (B, T, C) from ``batch['pixels']`` or ``batch['observations']``."""

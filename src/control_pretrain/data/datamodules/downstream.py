@@ -4,8 +4,9 @@ Train on replay ``train_replay_id`` and validate on ``val_replay_id`` of ``{kind
 cloning keeps the top ``select_rate`` of episodes by return; return-conditioned control (``rand_select``) keeps a
 random ``select_rate`` (mixed quality); validation always keeps the top ones, as in the reference.
 Deliberate changes: the last episode is not dropped (a DT-Atari leftover), selected episodes keep their true
-timesteps (the reference shifted them by one), the random choice has its own seed, and ``num_episodes`` selects an
-exact count for few-shot studies.
+timesteps (the reference shifted them by one), the random choice has its own seed, ``num_episodes`` selects an
+exact count for few-shot studies, and state observations get per-dimension statistics of the selected training
+episodes (``obs_stats``; the module decides whether a checkpoint's win, lit/downstream_module.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 from ...envs.dmc import RenderConfig, check_task
 from ...errors import DatasetError
 from ...storage import blob as storage
+from ..obs_stats import ObsStats
 from ..schema import KINDS, dataset_path
 from ..trajectory_file import TrajectoryFile
 from ..windows import VALIDATION_CACHE_SHARE, EpisodeWindowDataset, window_loader
@@ -51,6 +53,7 @@ class DownstreamDataModule(LightningDataModule):
         pixel_cache_gb: float = 2.0,
         cache_dir: str | None = None,
         cache_size_gb: float | None = None,
+        normalize_obs: bool = True,
     ) -> None:
         """
         Args:
@@ -74,6 +77,9 @@ class DownstreamDataModule(LightningDataModule):
                 $CONTROL_PRETRAIN_BLOB_CACHE_DIR or ~/.cache/control_pretrain/blob.
             cache_size_gb: size cap of cache_dir, least recently opened files evicted first; default
                 $CONTROL_PRETRAIN_BLOB_CACHE_GB or 50.
+            normalize_obs: state observations of a domain the checkpoint has not seen (or from scratch) are
+                normalised with the mean and std of the selected training episodes; a seen domain keeps the
+                checkpoint's statistics either way. false: raw observations for them, as before.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -104,6 +110,7 @@ class DownstreamDataModule(LightningDataModule):
         self.train_file, self.val_file = train, val
         self.train_set: EpisodeWindowDataset | None = None
         self.val_set: EpisodeWindowDataset | None = None
+        self.obs_stats: ObsStats | None = None  # set in setup (state observations with normalize_obs)
 
     @property
     def obs_dim(self) -> int:
@@ -131,6 +138,8 @@ class DownstreamDataModule(LightningDataModule):
                                               pixel_cache_bytes=cache, **common)
         self.val_set = EpisodeWindowDataset([self.val_file], hp.context_length, [self.val_episodes],
                                             pixel_cache_bytes=int(cache * VALIDATION_CACHE_SHARE), **common)
+        if hp.normalize_obs and hp.obs_type == "state":  # the episodes the policy is trained on
+            self.obs_stats = ObsStats.compute([self.train_file], [self.train_episodes], self.train_set.obs_layout)
 
     def env_kwargs(self) -> dict:
         """``make_env`` arguments that evaluate in the conditions the training data was collected in (action

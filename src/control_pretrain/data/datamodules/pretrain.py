@@ -6,10 +6,15 @@ replay id 1..``--train_replay_id``, the first ``--num_steps`` steps (whole episo
 - a real validation split: held-out *episodes* of every file (or a held-out replay id), never the training set;
 - windows never cross episodes in any file (the reference's boundaries were wrong after the first buffer);
 - frames stay uint8 until they reach the model, and are read lazily beyond ``pixel_cache_gb``;
-- every missing file is named before training starts, with the command that makes it.
+- every missing file is named before training starts, with the command that makes it;
+- state observations get per-dimension statistics of the training split (``obs_stats``, data/obs_stats.py),
+  which the module hands to the model (``normalize_obs``).
 """
 
 from __future__ import annotations
+
+import logging
+import time
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
@@ -17,11 +22,14 @@ from torch.utils.data import DataLoader
 
 from ...errors import DatasetError
 from ...storage import blob as storage
+from ..obs_stats import ObsStats
 from ..schema import KINDS, dataset_path, open_h5
 from ..slots import SlotLayout
 from ..task_sets import load_task_set
 from ..trajectory_file import TrajectoryFile
 from ..windows import VALIDATION_CACHE_SHARE, EpisodeWindowDataset, window_loader
+
+log = logging.getLogger(__name__)
 
 
 def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +57,7 @@ class MultiTaskDataModule(LightningDataModule):
         pixel_cache_gb: float = 2.0,
         cache_dir: str | None = None,
         cache_size_gb: float | None = None,
+        normalize_obs: bool = True,
     ) -> None:
         """
         Args:
@@ -69,6 +78,8 @@ class MultiTaskDataModule(LightningDataModule):
                 $CONTROL_PRETRAIN_BLOB_CACHE_DIR or ~/.cache/control_pretrain/blob.
             cache_size_gb: size cap of cache_dir, least recently opened files evicted first; default
                 $CONTROL_PRETRAIN_BLOB_CACHE_GB or 50.
+            normalize_obs: normalise state observations per dimension with the mean and std of the training
+                split, per domain (the model applies them); false feeds raw observations, as before.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -89,6 +100,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.obs_layout, self.action_layout = self._read_layouts()
         self.train_set: EpisodeWindowDataset | None = None
         self.val_set: EpisodeWindowDataset | None = None
+        self.obs_stats: ObsStats | None = None  # set in setup (state observations with normalize_obs)
 
     def _check_files_exist(self) -> None:
         if storage.is_remote(self.hparams.data_dir_prefix):
@@ -163,6 +175,12 @@ class MultiTaskDataModule(LightningDataModule):
                 # Same file objects, other episodes: the frames cached for training serve validation too.
                 self.val_set = self._dataset(files, self.train_paths, [s[1] for s in splits], 0)
         self.train_set = self._dataset(files, self.train_paths, train_eps, cache)
+        if hp.normalize_obs and hp.obs_type == "state":
+            # The whole training split on every rank (not a rank's share), so every rank gets the same numbers.
+            start = time.perf_counter()
+            self.obs_stats = ObsStats.compute(files, train_eps, self.obs_layout)
+            log.info("observation statistics of %d training steps computed in %.2f s",
+                     sum(self.obs_stats.steps.values()), time.perf_counter() - start)
 
     def train_dataloader(self) -> DataLoader:
         return window_loader(self.train_set, self.hparams.batch_size, self.hparams.num_workers, shuffle=True,
