@@ -9,6 +9,8 @@ import os
 import torch
 from lightning.pytorch import Callback
 
+from control_pretrain.lit.probes import RepresentationProbes
+
 
 def fingerprint(module) -> str:
     digest = hashlib.sha256()
@@ -48,6 +50,8 @@ class RecordWindows(Callback):
             "target": fingerprint(pl_module.model.target_obs_encoder),
             "online": fingerprint(pl_module.model.obs_encoder),
             "rng": self.rng,  # torch's RNG state at the first training step
+            # this rank's own representation-probe values of the last validation epoch, before any sync
+            "probe_scores": next((c.last_scores for c in trainer.callbacks if isinstance(c, RepresentationProbes)), None),
         }
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:

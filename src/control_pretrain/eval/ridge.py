@@ -16,7 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-RIDGE_LAMBDA = 1e-2  # shrinkage on the correlation scale: enough to keep near-collinear features solvable
+# Shrinkage on the correlation scale. Measured on 2x64 trunk features (128 wide) of random walker-walk data:
+# with ~450 fit transitions (4 held-out episodes) 1e-2 overfits (action R² 0.17 vs 0.25 at 0.1) and 1.0
+# underfits the raw inputs (0.13 vs 0.17); with ~1,800 the scores at 1e-4..0.1 agree within 0.02. The price on an
+# exactly linear target with independent features is R² ~ 1 - (λ/(1+λ))² = 0.99.
+RIDGE_LAMBDA = 0.1
 MIN_STD = 1e-6  # feature columns flatter than this over the fit set are constant: left unscaled (they stay 0)
 MIN_TARGET_VARIANCE = 1e-8  # a target this flat on the score set has no R² (it is left out, NaN)
 

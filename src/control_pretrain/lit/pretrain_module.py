@@ -86,7 +86,7 @@ class PretrainModule(ControlModule):
         min_lr_ratio: float = 0.1,
         compile: bool = False,
         init_from: str | None = None,
-        probe_windows: int = 256,
+        probe_windows: int = 512,
     ) -> None:
         """
         Args:
@@ -118,7 +118,7 @@ class PretrainModule(ControlModule):
         self.save_hyperparameters()
         if probe_windows < 0:
             raise ArgumentError(f"--model.probe_windows {probe_windows}: expected 0 (no probes) or a number of "
-                                "validation windows, e.g. 256.")
+                                "validation windows, e.g. 512.")
         config = ControlTransformerConfig(obs_type=obs_type, obs_dim=obs_dim, action_dim=action_dim,
                                           n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                                           context_length=context_length, max_timestep=max_timestep, dropout=dropout)

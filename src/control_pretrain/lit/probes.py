@@ -133,19 +133,20 @@ def target_slot(target: str, domain: str, dataset: EpisodeWindowDataset) -> tupl
 
 class RepresentationProbes(Callback):
     """Logs ``val/probe_<name>_r2`` (see the module docstring) and ``val/probe_seconds`` (the probes' wall time)
-    after every validation epoch but the sanity check. ``last_scores`` holds the latest values.
+    after every validation epoch but the sanity check. ``last_scores`` holds the latest values; ``windows`` (dataset
+    indices) and ``splits`` (per domain) the probed windows once chosen, on the first call.
 
     Args:
         max_windows: at most this many validation windows (K steps each) are probed.
     """
 
-    def __init__(self, max_windows: int = 256) -> None:
+    def __init__(self, max_windows: int = 512) -> None:
         if max_windows < 1:
             raise ArgumentError(f"representation probes: max_windows is {max_windows}; expected at least 1 "
                                 "window (--model.probe_windows 0 turns the probes off instead).")
         self.max_windows = max_windows
-        self._windows: np.ndarray | None = None
-        self._splits: list[DomainSplit] = []
+        self.windows: np.ndarray | None = None
+        self.splits: list[DomainSplit] = []
         self._raw_scores: dict[str, float] | None = None
         self.last_scores: dict[str, float] = {}
 
@@ -168,10 +169,10 @@ class RepresentationProbes(Callback):
         """Every probe's score on ``dataset``'s probe windows, with ``model`` frozen: in eval mode without
         gradient, its training mode restored after; ``precision_context`` is the Trainer's (autocast for bf16-mixed).
         Probes without a defined score (flat targets) are left out."""
-        if self._windows is None:
-            self._windows = tiling_windows(dataset, self.max_windows)
-            self._splits = split_by_episode(dataset, self._windows)
-        if not self._splits:
+        if self.windows is None:
+            self.windows = tiling_windows(dataset, self.max_windows)
+            self.splits = split_by_episode(dataset, self.windows)
+        if not self.splits:
             return {}
         raw = self._raw_scores is None and dataset.state
         was_training = model.training
@@ -179,7 +180,7 @@ class RepresentationProbes(Callback):
         try:
             with torch.no_grad(), precision_context():
                 parts = [transitions(model, {k: v.to(device) for k, v in dataset.__getitems__(chunk).items()}, raw)
-                         for chunk in np.array_split(self._windows, math.ceil(len(self._windows) / FEATURE_CHUNK_WINDOWS))]
+                         for chunk in np.array_split(self.windows, math.ceil(len(self.windows) / FEATURE_CHUNK_WINDOWS))]
         finally:
             model.train(was_training)
         data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # (W, K-1, ·)
@@ -193,7 +194,7 @@ class RepresentationProbes(Callback):
     def _score(self, data: dict[str, Tensor], features: str, target: str, dataset: EpisodeWindowDataset) -> float:
         """R² averaged over the target's own dims per domain, then over domains (NaN if none is defined)."""
         per_domain = []
-        for split in self._splits:
+        for split in self.splits:
             offset, size = target_slot(target, split.domain, dataset)
             x, y = data[features], data[target][..., offset : offset + size]  # (W, K-1, F), (W, K-1, D)
             r2 = ridge_r2(x[split.fit].flatten(0, 1), y[split.fit].flatten(0, 1),
