@@ -93,6 +93,14 @@ def test_probing_leaves_the_trunk_unchanged(two_domains, training):
     assert scores["raw_action"] > 0.99 and scores["raw_next_obs"] > 0.99 and scores["raw_reward"] < 0.05
 
 
+def test_pixel_runs_probe_actions_and_rewards_only(tmp_path):
+    write_synthetic(tmp_path / "p.h5", [12] * 4, pixels=True, action_dim=4)
+    ds = EpisodeWindowDataset([TrajectoryFile(str(tmp_path / "p.h5"), load_pixels=True)], K, state=False, pixels=True)
+    torch.manual_seed(0)
+    scores = RepresentationProbes(max_windows=8).measure(tiny_model("pixels").eval(), ds)
+    assert set(scores) == {"action", "reward"}  # no next-observation or raw probes on frames
+
+
 def test_probe_windows_flag():
     assert PretrainModule(obs_type="state", obs_dim=3, action_dim=2, n_layer=1, n_head=1, n_embd=8,
                           probe_windows=0).configure_callbacks() == []
