@@ -9,6 +9,8 @@ import os
 import torch
 from lightning.pytorch import Callback
 
+from control_pretrain.lit.probes import RepresentationProbes
+
 
 def fingerprint(module) -> str:
     digest = hashlib.sha256()
@@ -52,6 +54,8 @@ class RecordWindows(Callback):
             "obs_stats": hashlib.sha256(trainer.datamodule.obs_stats.mean.tobytes()
                                         + trainer.datamodule.obs_stats.std.tobytes()).hexdigest(),
             "normalizer": fingerprint(pl_module.model.obs_normalizer),
+            # this rank's own representation-probe values of the last validation epoch, before any sync
+            "probe_scores": next((c.last_scores for c in trainer.callbacks if isinstance(c, RepresentationProbes)), None),
         }
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:

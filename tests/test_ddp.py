@@ -72,6 +72,8 @@ def test_two_processes_split_every_epoch_sync_metrics_and_resume(collected_dir, 
     assert first[0]["rng"] != first[1]["rng"]  # but each rank draws its own dropout and masks
     # Each rank computed the observation statistics of the whole training split, bit for bit the same.
     assert first[0]["obs_stats"] == first[1]["obs_stats"] and first[0]["normalizer"] == first[1]["normalizer"]
+    # Representation probes: every rank computes the same values from the same windows (no rank waits for another).
+    assert first[0]["probe_scores"] and first[0]["probe_scores"] == first[1]["probe_scores"]
     # Written once, by rank 0: no per-rank or versioned copies.
     files = sorted(os.listdir(tmp_path / "checkpoints"))
     assert len(files) == 2 and "last.ckpt" in files and files[0].startswith("best-epoch00")
@@ -84,6 +86,7 @@ def test_two_processes_split_every_epoch_sync_metrics_and_resume(collected_dir, 
     both = sum(p for p, _ in parts) / sum(n for _, n in parts)
     rank0 = parts[: len(parts) // 2]
     logged = scalars(tmp_path)["val/loss"][-1]
+    assert scalars(tmp_path)["val/probe_action_r2"] == [pytest.approx(first[0]["probe_scores"]["action"])]
     assert logged == pytest.approx(both, rel=1e-4)
     assert logged != pytest.approx(sum(p for p, _ in rank0) / sum(n for _, n in rank0), rel=1e-4)
 

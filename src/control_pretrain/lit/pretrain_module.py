@@ -8,6 +8,7 @@ Deviations from microsoft/smart ``MultiTaskCTLitModule`` (each also noted where 
 - warmup + cosine schedule and gradient clipping (control_module.py);
 - trunk sizes, objectives (class_path/init_args, each with its weight and config) and the curriculum come from
   a method preset (configs/methods/smart.yaml, ``--method``);
+- representation probes each validation epoch (``val/probe_*``, lit/probes.py; ``probe_windows``);
 - ``--load_model_from`` initialises the weights from a checkpoint (the original crashed, smart.md §3.1);
   ``--ckpt_path last`` resumes an interrupted run with its optimiser and epoch;
 - state observations are normalised with the training split's per-dimension statistics, set in ``setup`` and
@@ -25,6 +26,7 @@ from ..errors import ArgumentError
 from ..models.control_transformer import ControlTransformerConfig
 from ..objectives import Objective, curriculum_mask_sizes
 from .control_module import ControlModule
+from .probes import RepresentationProbes
 from .weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class PretrainModule(ControlModule):
         min_lr_ratio: float = 0.1,
         compile: bool = False,
         init_from: str | None = None,
+        probe_windows: int = 512,
     ) -> None:
         """
         Args:
@@ -110,9 +113,14 @@ class PretrainModule(ControlModule):
             min_lr_ratio: final learning rate as a fraction of lr.
             compile: torch.compile the model (GPUs; slow to start).
             init_from: initialise matching weights from this checkpoint (the original --load_model_from).
+            probe_windows: validation windows the representation probes fit and score each validation epoch
+                (``val/probe_*``, lit/probes.py); 0 turns them off.
         """
         super().__init__()
         self.save_hyperparameters()
+        if probe_windows < 0:
+            raise ArgumentError(f"--model.probe_windows {probe_windows}: expected 0 (no probes) or a number of "
+                                "validation windows, e.g. 512.")
         config = ControlTransformerConfig(obs_type=obs_type, obs_dim=obs_dim, action_dim=action_dim,
                                           n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                                           context_length=context_length, max_timestep=max_timestep, dropout=dropout)
@@ -143,6 +151,11 @@ class PretrainModule(ControlModule):
         else:
             source = f"--model.init_from {self.hparams.init_from} (--data.normalize_obs false keeps them)"
         self.use_obs_stats(dm.obs_stats, dm.obs_layout, source)
+
+    def configure_callbacks(self) -> list:
+        """The representation probes (lit/probes.py), unless ``probe_windows`` is 0."""
+        windows = self.hparams.probe_windows
+        return [RepresentationProbes(windows)] if windows > 0 else []
 
     def on_train_epoch_start(self) -> None:
         self._set_mask_sizes()
