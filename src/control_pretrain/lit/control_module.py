@@ -19,6 +19,7 @@ from torch import nn
 
 from ..models.control_transformer import ControlTransformer, ControlTransformerConfig, param_groups
 from ..objectives import Objective, combine_losses
+from .weights import check_architecture
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +99,11 @@ class ControlModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_config"] = self.model.to_config()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Runs before Lightning copies the weights (resume, testing a checkpoint): a trunk built differently, such
+        # as a run from before --model.position_encoding existed resumed with today's default, gets this message
+        # instead of a list of missing and unexpected state-dict keys.
+        check_architecture("the checkpoint to load", checkpoint, self.model.to_config(),
+                           "Resume with the trunk settings of its run (its config.yaml; runs written before "
+                           "--model.position_encoding existed need --model.position_encoding absolute).")
