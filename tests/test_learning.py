@@ -4,12 +4,10 @@ A pipeline whose loss only moves a little (RMHC before issue 13: 0.323 -> 0.3227
 fails here. The reference RMHC (absolute positions) is shown to fail the same bar.
 """
 
-import pytest
 import torch
 from synthetic import SyntheticControlTask, fit, validation_loss, zero_loss
 
 from control_pretrain.models.control_transformer import ControlTransformer, ControlTransformerConfig
-from control_pretrain.models.trunk import split_tokens
 from control_pretrain.objectives import (
     ForwardDynamicsObjective,
     InverseDynamicsObjective,
@@ -21,7 +19,7 @@ from control_pretrain.objectives.smart import target_tokens
 LEARNED = 0.2  # an objective that learns ends below this fraction of the trivial predictor's loss
 K = 20  # the issue's window; RMHC's floor is 1/K of the zero loss (a masked last action has no o_{t+1})
 C, HEADS, BATCH, VAL_WINDOWS = 32, 4, 32, 512
-STEPS = {"inverse": 150, "masked_hindsight": 400, "forward": 300}
+STEPS = {"inverse": 100, "masked_hindsight": 400, "forward": 500}  # measured: 5%, 9% and 9% of the bar's baseline
 LR = 2e-3  # a tiny model on a clean task: a larger step than the CLI's 6e-4 keeps each test to seconds
 
 TASK = SyntheticControlTask()
@@ -78,12 +76,8 @@ def test_forward_dynamics_learns():
     assert loss < LEARNED * baseline, (loss, baseline)
 
 
-@pytest.mark.parametrize("position_encoding", ["relative_bias", "absolute"])
-def test_synthetic_windows_hold_the_known_answer(position_encoding):
-    """The task's premise: the actions are exactly tanh(W (o_{t+1} - o_t) / 2), and a model's trunk reads both."""
+def test_synthetic_actions_are_the_known_function_of_consecutive_observations():
     batch = TASK.windows(3, K, torch.Generator().manual_seed(0))
     obs, act = batch["observations"], batch["actions"]
     assert torch.allclose(act[:, :-1], torch.tanh((obs[:, 1:] - obs[:, :-1]) @ TASK.W.T / 2))
-    trunk = model(position_encoding).eval()
-    hidden = trunk(trunk.encode_observations(batch), trunk.embed_actions(act), batch["timesteps"])
-    assert [t.shape for t in split_tokens(hidden)] == [(3, K, C), (3, K, C)]
+    assert torch.allclose(TASK.W @ TASK.W.T, TASK.gain**2 * torch.eye(TASK.dim), atol=1e-5)  # invertible
