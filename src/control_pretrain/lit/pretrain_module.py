@@ -2,6 +2,8 @@
 control on a reward-free control transformer, with the mask-size curriculum over epochs.
 
 Deviations from microsoft/smart ``MultiTaskCTLitModule`` (each also noted where it lives):
+- relative-position attention bias instead of absolute token positions (``position_encoding``, absolute restores
+  the reference; models/positions.py);
 - two transformer passes per step instead of three (``share_passes``; objectives/smart/passes.py);
 - RMHC reads the masked action tokens (``original_read_positions`` restores the bug; masked_hindsight.py);
 - the EMA target moves only after optimiser steps, not in validation (control_module.py);

@@ -7,6 +7,11 @@ each; this file only holds the encoders, the trunk and the EMA target encoder; t
 Deviations from the reference (microsoft/smart mingpt.py):
 - Timestep embedding: a ``max_timestep``-row table indexed by each step's own in-episode timestep, instead of
   one 10,001-row table indexed by the window's first step and broadcast to every token (smart.md §2.2, §5.3).
+- Positions: by default a learned relative-position attention bias per layer, head and token offset in every pass
+  (models/positions.py) instead of the learned table of 2K token positions added to the inputs (smart.md §2.2),
+  with which RMHC hardly learned (issue 13; docs/training.md, "RMHC ablation"). ``position_encoding='absolute'``
+  reproduces the reference table (``pos_emb``, the name older checkpoints use); ``rotary`` and ``step_type``
+  (per-step table + token-type embedding) are the other schemes the ablation compared.
 - Masked inputs use a learned ``mask_token`` instead of the constant -1 embedding (used by RMHC).
 - ``F.scaled_dot_product_attention`` with boolean masks instead of materialised -inf attention (§5.3).
 - The EMA target encoder is updated by the forward-dynamics objective's ``after_optimizer_step`` hook with
