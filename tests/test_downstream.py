@@ -36,11 +36,29 @@ RESULT_KEYS = {"domain", "task", "model_type", "checkpoint", "pretrained_from", 
 def pretrained(collected_dir, tmp_path_factory):
     """A tiny state model pretrained on cartpole-swingup + pendulum-swingup."""
     out = tmp_path_factory.mktemp("pretrained")
-    run_in_process(dmc_pretrain.main, [
-        "--multi_config", "configs/pretrain_configs/multipretrain_source_test.json", "--train_replay_id", "1",
-        "--epochs", "1", "--num_steps", "1000", "--output_dir", str(out), "--data_dir_prefix", str(collected_dir),
-        "--obs_type", "state", *TINY_PRETRAIN])
+    run_in_process(dmc_pretrain.main, [*PRETRAIN_ARGS, "--epochs", "1", "--output_dir", str(out),
+                                       "--data_dir_prefix", str(collected_dir)])
     return out / "checkpoints" / "last.ckpt"
+
+
+PRETRAIN_ARGS = ["--multi_config", "configs/pretrain_configs/multipretrain_source_test.json", "--train_replay_id", "1",
+                 "--num_steps", "1000", "--obs_type", "state", *TINY_PRETRAIN]
+
+
+@pytest.fixture(scope="module")
+def pretrained_before_issue_13(collected_dir, tmp_path_factory):
+    """A checkpoint as written before ``position_encoding`` existed: the reference's absolute positions, and the
+    setting in neither ``model_config`` nor the hyperparameters."""
+    out = tmp_path_factory.mktemp("pretrained_old")
+    run_in_process(dmc_pretrain.main, [*PRETRAIN_ARGS, "--epochs", "1", "--output_dir", str(out), "--data_dir_prefix",
+                                       str(collected_dir), "--model.position_encoding", "absolute"])
+    path = out / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    for stored in (ckpt["model_config"], ckpt["hyper_parameters"]):
+        stored.pop("position_encoding")
+        stored.pop("relative_bias_scale", None)
+    torch.save(ckpt, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +161,24 @@ def test_checkpoint_that_does_not_fit_is_a_clear_error(pretrained, balance_dir, 
     res = run_script("dmc_downstream.py", *finetune_args(pix, tmp_path, "--obs_type", "pixels",
                                                          "--load_model_from", str(pretrained)))
     assert res.returncode == 2 and "obs_type: checkpoint 'state', this run 'pixels'" in res.stderr
+
+
+def test_checkpoints_from_before_position_encoding_finetune_with_their_positions(pretrained_before_issue_13,
+                                                                                balance_dir, tmp_path):
+    cli, _ = run_in_process(dmc_downstream.main, finetune_args(balance_dir, tmp_path, "--load_model_from",
+                                                               str(pretrained_before_issue_13)))
+    assert cli.model.model.config.position_encoding == "absolute"  # the checkpoint's, not today's default
+    assert "model.pos_emb" in cli.model.loaded
+    assert {n.split(".")[1] for n in cli.model.reinitialised} <= {"action_encoder", "bc_objective"}  # new head,
+    # and the action encoder where the action slots differ; every trunk tensor was loaded
+
+
+def test_resuming_with_other_positions_is_a_clear_error(pretrained_before_issue_13, collected_dir, tmp_path):
+    res = run_script("dmc_pretrain.py", *PRETRAIN_ARGS, "--epochs", "2", "--output_dir", str(tmp_path),
+                     "--data_dir_prefix", str(collected_dir), "--ckpt_path", str(pretrained_before_issue_13))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "position_encoding: checkpoint 'absolute', this run 'relative_bias'" in res.stderr
+    assert "--model.position_encoding absolute" in res.stderr
 
 
 @pytest.mark.parametrize("preset", ["bc", "rtg", "few_shot"])

@@ -112,16 +112,20 @@ def test_target_encoder_is_frozen_copy_and_moves_only_on_update():
 
 def test_init():
     model = tiny_model("state")
-    assert torch.equal(model.pos_emb, torch.zeros_like(model.pos_emb))
+    assert torch.equal(model.rel_pos_bias.bias, torch.zeros_like(model.rel_pos_bias.bias))
+    reference = tiny_model("state", position_encoding="absolute")
+    assert torch.equal(reference.pos_emb, torch.zeros_like(reference.pos_emb))
     block = model.blocks[0]
     assert torch.equal(block.ln_1.weight, torch.ones(32)) and torch.equal(block.ln_1.bias, torch.zeros(32))
     assert torch.equal(block.attn.c_attn.bias, torch.zeros(96))
     assert abs(block.mlp.c_fc.weight.std().item() - 0.02) < 0.005
 
 
-@pytest.mark.parametrize("obs_type", ["state", "pixels"])
-def test_param_groups_decay_only_weight_matrices(obs_type):
-    model = tiny_model(obs_type)
+@pytest.mark.parametrize(("obs_type", "position_encoding"),
+                         [("state", "relative_bias"), ("pixels", "relative_bias"), ("state", "absolute"),
+                          ("state", "step_type")])
+def test_param_groups_decay_only_weight_matrices(obs_type, position_encoding):
+    model = tiny_model(obs_type, position_encoding=position_encoding)
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     decay_ids = {id(p) for p in decay["params"]}
@@ -130,8 +134,10 @@ def test_param_groups_decay_only_weight_matrices(obs_type):
         for n, p in mod.named_parameters(recurse=False):
             if isinstance(mod, (nn.LayerNorm, nn.Embedding)) or n == "bias":
                 assert id(p) not in decay_ids, names[id(p)]
-    for p in (model.pos_emb, model.mask_token, model.timestep_emb.weight):
-        assert id(p) not in decay_ids
+    positions = {"relative_bias": ["rel_pos_bias.bias"], "absolute": ["pos_emb"],
+                 "step_type": ["step_pos_emb", "token_type_emb"]}[position_encoding]
+    for name in ["mask_token", "timestep_emb.weight", *positions]:
+        assert id(model.get_parameter(name)) not in decay_ids, name
     assert id(model.blocks[0].attn.c_attn.weight) in decay_ids
     if obs_type == "pixels":
         assert id(model.obs_encoder.net[0].weight) in decay_ids
@@ -161,7 +167,8 @@ def test_block_key_padding_equals_dropping_the_padded_tokens():
 
 
 def test_state_dict_keys_are_those_of_older_checkpoints():
-    keys = set(tiny_model().state_dict())
+    """With the reference's positions (what every checkpoint before issue 13 used) the keys are the old ones."""
+    keys = set(tiny_model(position_encoding="absolute").state_dict())
     for key in ("blocks.0.attn.c_attn.weight", "blocks.0.attn.c_proj.bias", "blocks.1.ln_1.weight",
                 "blocks.1.ln_2.bias", "blocks.0.mlp.c_fc.weight", "blocks.0.mlp.c_proj.weight", "ln_f.weight",
                 "pos_emb", "mask_token", "timestep_emb.weight", "obs_encoder.net.0.weight",

@@ -107,6 +107,34 @@ def test_rmhc_prediction_does_not_see_the_masked_action(obs_type):
         assert not same(pred(perturbed(batch, key, step)), base), (key, step)
 
 
+@pytest.mark.parametrize("obs_type", ["state", "pixels"])
+def test_every_masked_input_reaches_the_trunk_as_the_mask_token(obs_type):
+    """The trunk sees ``mask_token`` in place of every masked input (the same hidden states as putting it there by
+    hand); so perturbing a masked input's value changes no prediction, and unmasking that one token does."""
+    torch.manual_seed(0)
+    model = tiny_model(obs_type).eval()
+    rmhc = MaskedHindsightControlObjective(C, ACTION_DIM, MaskedHindsightControlConfig(mask_actions=2, mask_obs=1))
+    obs_key = "pixels" if obs_type == "pixels" else "observations"
+    batch = make_batch(obs_type)
+    act_replace, obs_replace = rmhc.sample_masks(3, K, "cpu")
+    obs, act = model.encode_observations(batch), model.embed_actions(batch["actions"])
+    by_hand = model(torch.where(obs_replace[..., None], model.mask_token, obs),
+                    torch.where(act_replace[..., None], model.mask_token, act), batch["timesteps"])
+    assert torch.equal(model(obs, act, batch["timesteps"], None, obs_replace, act_replace), by_hand)
+
+    base = rmhc.predict(model, batch, {}, act_replace, obs_replace)  # (B, K, A)
+    for key, replace in [("actions", act_replace), (obs_key, obs_replace)]:
+        for b, step in replace.nonzero().tolist():
+            hidden_value = dict(batch, **{key: batch[key].clone()})
+            hidden_value[key][b, step] = perturbed(batch, key, step)[key][b, step]
+            assert same(rmhc.predict(model, hidden_value, {}, act_replace, obs_replace), base), (key, b, step)
+            unmasked = replace.clone()
+            unmasked[b, step] = False
+            masks = (unmasked, obs_replace) if key == "actions" else (act_replace, unmasked)
+            pred = rmhc.predict(model, batch, {}, *masks)
+            assert not same(pred[b][act_replace[b]], base[b][act_replace[b]]), (key, b, step)
+
+
 @pytest.mark.parametrize("original", [False, True])
 def test_rmhc_read_positions(original):
     """Which hidden state each prediction is read from, found by perturbing one output position at a time: the fix

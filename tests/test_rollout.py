@@ -140,7 +140,9 @@ def test_one_reset_per_episode_seeded_initial_states_and_rtg():
         np.testing.assert_array_equal(o, make_env("cheetah", "run", seed=s).reset())  # the seed's own state
     assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
     np.testing.assert_array_equal(first[0], first[3])
-    np.testing.assert_allclose(res.returns[0], res.returns[3])  # same seed, same episode
+    # same seed, same episode, up to float32 rounding: batch rows need not be bitwise equal (GEMM blocking, the
+    # attention-bias path of relative positions), and 12 steps of physics amplify 1e-7 differences a little
+    np.testing.assert_allclose(res.returns[0], res.returns[3], rtol=1e-5)
     for ep, ret in zip(res.histories, res.returns):
         assert ep["rtg"][0] == 500.0
         np.testing.assert_allclose(ep["rtg"][1:], ep["rtg"][:-1] - ep["rewards"][:-1])

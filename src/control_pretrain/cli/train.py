@@ -225,7 +225,7 @@ class DownstreamCLI(ControlCLI):
         if ckpt:
             config = read_pretrained(ckpt).model_config  # the module reuses this read (lit/weights.py)
             parser.set_defaults({f"model.{k}": config[k] for k in ARCHITECTURE_KEYS + ("max_timestep",)
-                                 if k in config})
+                                 if k in config})  # older checkpoints: their position_encoding (lit/weights.py)
 
 
 def argv_value(argv: list[str], name: str) -> str | None:

@@ -23,6 +23,7 @@ from ..data.obs_stats import ObsStats
 from ..data.slots import SlotLayout
 from ..models.control_transformer import ControlTransformer, ControlTransformerConfig, param_groups
 from ..objectives import Objective, combine_losses
+from .weights import check_architecture
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class ControlModule(LightningModule):
         self.obs_stats, self.obs_stats_source = stats, source
         log.info("observation statistics for %s: %s", ", ".join(layout.slots), source)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
+    def _restore_obs_stats(self, checkpoint: dict) -> None:
         """On resume or test, the checkpoint's statistics win; say so if they differ from those set in ``setup``."""
         if self.obs_stats is None:
             return
@@ -146,3 +147,12 @@ class ControlModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_config"] = self.model.to_config()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Runs before Lightning copies the weights (resume, testing a checkpoint): a trunk built differently, such
+        # as a run from before --model.position_encoding existed resumed with today's default, gets this message
+        # instead of a list of missing and unexpected state-dict keys.
+        check_architecture("the checkpoint to load", checkpoint, self.model.to_config(),
+                           "Resume with the trunk settings of its run (its config.yaml; runs written before "
+                           "--model.position_encoding existed need --model.position_encoding absolute).")
+        self._restore_obs_stats(checkpoint)

@@ -53,6 +53,7 @@ class DownstreamModule(ControlModule):
         context_length: int = 30,
         dropout: float = 0.1,
         max_timestep: int = 1024,
+        position_encoding: str = "relative_bias",
         model_type: str = "naive",
         load_model_from: str | None = None,
         no_load_action: bool = False,
@@ -84,6 +85,9 @@ class DownstreamModule(ControlModule):
             context_length: K steps per window (default: the checkpoint's, else 30).
             dropout: embedding, attention and residual dropout.
             max_timestep: rows of the per-step timestep embedding.
+            position_encoding: how tokens know their place in the window (default: the checkpoint's, else relative_bias): relative_bias (a learned
+                attention bias per layer, head and token offset), absolute (the reference's learned 2K-token
+                table), rotary or step_type (models/positions.py).
             model_type: naive (behaviour cloning) or reward_conditioned (return-to-go conditioned control).
             load_model_from: a checkpoint (usually pretraining's last.ckpt); without it the model trains from scratch.
             no_load_action: also re-initialise the action encoder (pretraining heads are never loaded).
@@ -113,7 +117,8 @@ class DownstreamModule(ControlModule):
         model_obs_dim = self.obs_layout.size if self.obs_layout else obs_dim
         config = ControlTransformerConfig(obs_type=obs_type, obs_dim=model_obs_dim, action_dim=action_dim,
                                           n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                                          context_length=context_length, max_timestep=max_timestep, dropout=dropout)
+                                          context_length=context_length, max_timestep=max_timestep, dropout=dropout,
+                                          position_encoding=position_encoding)
         self.build_model(config, compile)
         if model_type == "naive":
             self.add_objective(BehaviorCloningObjective(n_embd, action_dim))

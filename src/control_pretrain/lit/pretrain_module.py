@@ -2,6 +2,8 @@
 control on a reward-free control transformer, with the mask-size curriculum over epochs.
 
 Deviations from microsoft/smart ``MultiTaskCTLitModule`` (each also noted where it lives):
+- relative-position attention bias instead of absolute token positions (``position_encoding``, absolute restores
+  the reference; models/positions.py);
 - two transformer passes per step instead of three (``share_passes``; objectives/smart/passes.py);
 - RMHC reads the masked action tokens (``original_read_positions`` restores the bug; masked_hindsight.py);
 - the EMA target moves only after optimiser steps, not in validation (control_module.py);
@@ -77,6 +79,7 @@ class PretrainModule(ControlModule):
         context_length: int = 30,
         dropout: float = 0.1,
         max_timestep: int = 1024,
+        position_encoding: str = "relative_bias",
         objectives: list[ObjectiveFactory] | None = None,
         mask_actions: int = -1,
         mask_obs: int = -1,
@@ -101,6 +104,9 @@ class PretrainModule(ControlModule):
             context_length: K steps per window (2K tokens).
             dropout: embedding, attention and residual dropout.
             max_timestep: rows of the per-step timestep embedding.
+            position_encoding: how tokens know their place in the window: relative_bias (a learned
+                attention bias per layer, head and token offset), absolute (the reference's learned 2K-token
+                table), rotary or step_type (models/positions.py).
             objectives: the objectives to train, each ``{class_path, init_args: {config, weight}}`` (the method
                 preset, configs/methods/smart.yaml); an objective with weight 0 is left out. None: SMART's three.
             mask_actions: masked actions per window for RMHC; negative: the curriculum max(1, K(e+1)/E).
@@ -123,7 +129,8 @@ class PretrainModule(ControlModule):
                                 "validation windows, e.g. 512.")
         config = ControlTransformerConfig(obs_type=obs_type, obs_dim=obs_dim, action_dim=action_dim,
                                           n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                                          context_length=context_length, max_timestep=max_timestep, dropout=dropout)
+                                          context_length=context_length, max_timestep=max_timestep, dropout=dropout,
+                                          position_encoding=position_encoding)
         self.build_model(config, compile)
         for spec in SMART_OBJECTIVES if objectives is None else objectives:
             objective = build_objective(spec, n_embd, action_dim)

@@ -21,11 +21,12 @@ from torch import nn
 
 from ..data.slots import SlotLayout
 from ..errors import CheckpointError
+from ..models.control_transformer import stored_model_config
 
 log = logging.getLogger(__name__)
 
 # Must match between checkpoint and module for any trunk weight to make sense.
-ARCHITECTURE_KEYS = ("obs_type", "n_embd", "n_layer", "n_head", "context_length")
+ARCHITECTURE_KEYS = ("obs_type", "n_embd", "n_layer", "n_head", "context_length", "position_encoding")
 
 
 def read_checkpoint(path: str) -> dict:
@@ -53,7 +54,7 @@ class Pretrained:
     def from_checkpoint(cls, path: str, ckpt: dict) -> Pretrained:
         # The pretraining DataModule stores its layouts in its own state (data/datamodules/pretrain.py).
         layouts = [s["obs_layout"] for s in ckpt.values() if isinstance(s, dict) and "obs_layout" in s]
-        return cls(path, dict(ckpt.get("model_config", {})), ckpt["state_dict"],
+        return cls(path, stored_model_config(ckpt.get("model_config", {})), ckpt["state_dict"],
                    SlotLayout.from_dict(layouts[0]) if layouts else None)
 
 
@@ -79,14 +80,18 @@ def forget_pretrained() -> None:
     _last_read = None
 
 
-def check_architecture(path: str, ckpt: dict, config: dict) -> None:
-    theirs = ckpt.get("model_config", {})
+def check_architecture(path: str, ckpt: dict, config: dict, what_to_do: str | None = None) -> None:
+    """CheckpointError naming every ``ARCHITECTURE_KEYS`` value in which ``ckpt``'s model and ``config`` differ
+    (a checkpoint older than a key counts with the value it was trained with, ``stored_model_config``)."""
+    theirs = stored_model_config(ckpt.get("model_config", {}))
     diffs = [f"{k}: checkpoint {theirs[k]!r}, this run {config[k]!r}" for k in ARCHITECTURE_KEYS
              if k in theirs and theirs[k] != config[k]]
     if diffs:
         raise CheckpointError(
-            f"{path} does not fit this model ({'; '.join(diffs)}). Use the same --model.* sizes and --obs_type as "
-            "the pretraining run (they are in its config.yaml), or train from scratch without --load_model_from."
+            f"{path} does not fit this model ({'; '.join(diffs)}). " + (what_to_do or
+            "Use the same --model.* sizes, --model.position_encoding and --obs_type as the pretraining run (they "
+            "are in its config.yaml; older checkpoints used --model.position_encoding absolute), or train from "
+            "scratch without --load_model_from.")
         )
 
 

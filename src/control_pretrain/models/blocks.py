@@ -3,7 +3,8 @@
 Attention goes through ``F.scaled_dot_product_attention`` with boolean masks instead of materialised -inf scores
 (smart.md §5.3). A block takes either an attention mask (L, L), True = may attend (causal / inverse-dynamics
 masks), or a key-padding mask (B, L), True = padding that no token may attend to (variable-length token sets of
-the encoder-decoder trunks), or both. Submodule names (``attn.c_attn``, ``ln_1``, ``mlp.c_fc`` ...) are those of
+the encoder-decoder trunks), or both. Position information may enter attention too (models/positions.py): an
+additive bias (nh, L, L) on the scores (relative positions) and rotary tables for queries and keys. Submodule names (``attn.c_attn``, ``ln_1``, ``mlp.c_fc`` ...) are those of
 the checkpoints written before this file existed, so they still load.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .positions import apply_rotary
 
 
 def init_weights(module: nn.Module) -> None:
@@ -24,12 +27,17 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def attention_mask(attn_mask: Tensor | None, key_padding_mask: Tensor | None) -> Tensor | None:
-    """One SDPA boolean mask (True = may attend): (L, L), (B, 1, 1, L) or (B, 1, L, L), or None for full attention."""
-    if key_padding_mask is None:
-        return attn_mask
-    keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, L)
-    return keep if attn_mask is None else keep & attn_mask  # (B, 1, L, L)
+def attention_mask(attn_mask: Tensor | None, key_padding_mask: Tensor | None,
+                   attn_bias: Tensor | None = None) -> Tensor | None:
+    """One SDPA mask: boolean (True = may attend) of shape (L, L), (B, 1, 1, L) or (B, 1, L, L), or None for full
+    attention; with ``attn_bias`` (nh, L, L), that bias as a float mask with -inf where attention is forbidden."""
+    mask = attn_mask
+    if key_padding_mask is not None:
+        keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, L)
+        mask = keep if attn_mask is None else keep & attn_mask  # (B, 1, L, L)
+    if attn_bias is None:
+        return mask
+    return attn_bias if mask is None else attn_bias.masked_fill(~mask, float("-inf"))  # (nh or B, nh, L, L)
 
 
 class SelfAttention(nn.Module):
@@ -45,12 +53,14 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rotary is not None:
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)  # (B, nh, T, hs) each
         dropout_p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -81,8 +91,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd)
         self.mlp = MLP(n_embd, dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x (B, L, C); attn_mask (L, L) bool, True = may attend; key_padding_mask (B, L) bool, True = padding."""
-        mask = attention_mask(attn_mask, key_padding_mask)
-        x = x + self.attn(self.ln_1(x), mask)  # (B, L, C)
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None,
+                attn_bias: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x (B, L, C); attn_mask (L, L) bool, True = may attend; key_padding_mask (B, L) bool, True = padding;
+        attn_bias (nh, L, L) added to the attention scores; rotary: (cos, sin) tables (L, hs/2) for q and k."""
+        mask = attention_mask(attn_mask, key_padding_mask, attn_bias)
+        x = x + self.attn(self.ln_1(x), mask, rotary)  # (B, L, C)
         return x + self.mlp(self.ln_2(x))  # (B, L, C)

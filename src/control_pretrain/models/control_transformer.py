@@ -7,6 +7,11 @@ each; this file only holds the encoders, the trunk and the EMA target encoder; t
 Deviations from the reference (microsoft/smart mingpt.py):
 - Timestep embedding: a ``max_timestep``-row table indexed by each step's own in-episode timestep, instead of
   one 10,001-row table indexed by the window's first step and broadcast to every token (smart.md §2.2, §5.3).
+- Positions: by default a learned relative-position attention bias per layer, head and token offset in every pass
+  (models/positions.py) instead of the learned table of 2K token positions added to the inputs (smart.md §2.2),
+  with which RMHC hardly learned (issue 13; docs/training.md, "RMHC ablation"). ``position_encoding='absolute'``
+  reproduces the reference table (``pos_emb``, the name older checkpoints use); ``rotary`` and ``step_type``
+  (per-step table + token-type embedding) are the other schemes the ablation compared.
 - Masked inputs use a learned ``mask_token`` instead of the constant -1 embedding (used by RMHC).
 - ``F.scaled_dot_product_attention`` with boolean masks instead of materialised -inf attention (§5.3).
 - The EMA target encoder is updated by the forward-dynamics objective's ``after_optimizer_step`` hook with
@@ -30,9 +35,18 @@ from .blocks import Block, init_weights
 from .encoders import ActionEncoder, PixelEncoder, StateEncoder
 from .masks import causal_mask, inverse_mask
 from .normalizer import ObservationNormalizer
+from .positions import (
+    LEGACY_POSITION_ENCODING,
+    POSITION_ENCODINGS,
+    RELATIVE_BIAS_SCALE,
+    PositionEncoding,
+    RelativePositionBias,
+    RotaryEmbedding,
+)
 from .trunk import PassKind, split_tokens
 
-__all__ = ["ControlTransformer", "ControlTransformerConfig", "init_weights", "param_groups", "split_tokens"]
+__all__ = ["ControlTransformer", "ControlTransformerConfig", "init_weights", "param_groups", "split_tokens",
+           "stored_model_config"]
 
 
 @dataclass
@@ -49,14 +63,25 @@ class ControlTransformerConfig:
     max_timestep: int = 1024  # rows of the per-step timestep table; larger timesteps share the last row
     dropout: float = 0.1  # embedding, attention and residual dropout
     state_hidden: int = 256  # hidden width of the state encoder MLP
+    # how tokens know their place in the window (models/positions.py); "absolute" is the reference's 2K table
+    position_encoding: PositionEncoding = "relative_bias"
+    relative_bias_scale: float = RELATIVE_BIAS_SCALE  # relative_bias only: attention bias = this x stored value
 
     def __post_init__(self) -> None:
         if self.obs_type not in ("pixels", "state"):
             raise ValueError(f"obs_type must be 'pixels' or 'state', got {self.obs_type!r}")
+        if self.position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(f"position_encoding must be one of {POSITION_ENCODINGS}, got {self.position_encoding!r}")
         if self.obs_type == "state" and self.obs_dim <= 0:
             raise ValueError("obs_type='state' needs obs_dim > 0")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+
+
+def stored_model_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's ``model_config`` with the settings added since it was written filled in as they were then
+    (``position_encoding``: the reference's absolute table); an empty one (not our checkpoint) stays empty."""
+    return {"position_encoding": LEGACY_POSITION_ENCODING, **stored} if stored else {}
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -92,7 +117,7 @@ class ControlTransformer(nn.Module):
         # Per-step timestep table (fix of smart.md §2.2: the original indexed one 10,001-row table by the
         # window's first timestep only, so tokens did not know their own step and 97% of the rows were unused).
         self.timestep_emb = nn.Embedding(config.max_timestep, C)
-        self.pos_emb = nn.Parameter(torch.zeros(1, 2 * K, C))  # zero-init, as in the original
+        self._build_positions()
         self.mask_token = nn.Parameter(torch.zeros(C))  # replaces masked input tokens (RMHC)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(C, config.n_head, config.dropout) for _ in range(config.n_layer)])
@@ -112,7 +137,11 @@ class ControlTransformer(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | ControlTransformerConfig) -> ControlTransformer:
-        return cls(config if isinstance(config, ControlTransformerConfig) else ControlTransformerConfig(**config))
+        """From a config or a checkpoint's ``model_config`` (older ones get the settings they were trained with,
+        ``stored_model_config``)."""
+        if not isinstance(config, ControlTransformerConfig):
+            config = ControlTransformerConfig(**stored_model_config(config))
+        return cls(config)
 
     # ---- encoders -----------------------------------------------------------------------------------------
     def _encode(self, encoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -137,6 +166,31 @@ class ControlTransformer(nn.Module):
     def attn_mask(self, kind: PassKind) -> Tensor | None:
         """The 2K-token mask of a pass kind (``forward_tokens`` cuts it to shorter sequences); full = None."""
         return {"causal": self.causal_mask, "inverse": self.inverse_mask, "full": None}[kind]
+
+    # ---- positions (models/positions.py) ------------------------------------------------------------------
+    def _build_positions(self) -> None:
+        """The parameters of the configured scheme; ``pos_emb`` keeps the name of older checkpoints."""
+        cfg, K = self.config, self.config.context_length
+        scheme = cfg.position_encoding
+        if scheme == "absolute":
+            self.pos_emb = nn.Parameter(torch.zeros(1, 2 * K, cfg.n_embd))  # zero-init, as in the original
+        elif scheme == "step_type":
+            self.step_pos_emb = nn.Parameter(torch.zeros(1, K, cfg.n_embd))  # zero-init, as ``absolute``
+            self.token_type_emb = nn.Parameter(torch.zeros(2, cfg.n_embd))  # observation, action
+        elif scheme == "relative_bias":
+            self.rel_pos_bias = RelativePositionBias(cfg.n_layer, cfg.n_head, 2 * K, cfg.relative_bias_scale)
+        else:  # rotary
+            self.rotary = RotaryEmbedding(cfg.n_embd // cfg.n_head, 2 * K)
+
+    def _input_positions(self, obs_tok: Tensor, act_tok: Tensor) -> tuple[Tensor, Tensor]:
+        """Observation and action tokens (B, T, C) plus the input-side position embeddings of the scheme."""
+        scheme, T = self.config.position_encoding, obs_tok.shape[1]
+        if scheme == "absolute":
+            return obs_tok + self.pos_emb[:, 0 : 2 * T : 2], act_tok + self.pos_emb[:, 1 : 2 * T : 2]
+        if scheme == "step_type":
+            steps = self.step_pos_emb[:, :T]  # (1, T, C)
+            return obs_tok + steps + self.token_type_emb[0], act_tok + steps + self.token_type_emb[1]
+        return obs_tok, act_tok  # the other schemes act inside attention
 
     # ---- trunk --------------------------------------------------------------------------------------------
     def forward_tokens(
@@ -168,13 +222,16 @@ class ControlTransformer(nn.Module):
         step_emb = self.timestep_emb(timesteps.clamp(0, self.config.max_timestep - 1))  # (B, T, C)
         obs_tok = obs_emb + step_emb  # (B, T, C)
         act_tok = F.pad(act_emb + step_emb[:, :Ta], (0, 0, 0, T - Ta))  # (B, T, C), zero row if Ta = T-1
+        obs_tok, act_tok = self._input_positions(obs_tok, act_tok)  # (B, T, C) each
         L = T + Ta
         x = torch.stack((obs_tok, act_tok), dim=2).reshape(B, 2 * T, C)[:, :L]  # (B, L, C)
-        x = self.drop(x + self.pos_emb[:, :L])  # (B, L, C)
+        x = self.drop(x)  # (B, L, C)
         if attn_mask is not None:
             attn_mask = attn_mask[:L, :L]
-        for block in self.blocks:
-            x = block(x, attn_mask)  # (B, L, C)
+        bias = self.rel_pos_bias(L) if self.config.position_encoding == "relative_bias" else None  # (nl, nh, L, L)
+        rotary = self.rotary(L) if self.config.position_encoding == "rotary" else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, attn_bias=None if bias is None else bias[i], rotary=rotary)  # (B, L, C)
         return self.ln_f(x)  # (B, L, C)
 
     forward = forward_tokens

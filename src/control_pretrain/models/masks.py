@@ -1,7 +1,7 @@
 """Attention masks and random token masks for interleaved [o_0, a_0, o_1, a_1, ...] sequences (smart.md §2.4).
 
 Attention masks are boolean (L, L) tensors for ``F.scaled_dot_product_attention``: ``True`` = the query row may
-attend to the key column. Bidirectional attention uses no mask at all (``None``). Both masks below are
+attend to the key column. Bidirectional attention uses no mask at all (``None``). The masks below are
 prefix-consistent: the mask for L tokens is the top-left L×L block of the mask for any longer sequence, so a
 2K-token mask serves every shorter inference sequence (2T or 2T-1 tokens).
 """
@@ -26,6 +26,20 @@ def inverse_mask(num_steps: int, device: torch.device | str | None = None) -> Te
     mask = causal_mask(2 * num_steps, device)
     obs_rows = torch.arange(2, 2 * num_steps, 2, device=device)  # o_1 .. o_{K-1}
     mask[obs_rows, obs_rows - 1] = False
+    return mask
+
+
+def action_isolation_mask(num_steps: int, device: torch.device | str | None = None) -> Tensor:
+    """Bidirectional (2K, 2K) mask in which no action token attends to another step's action token.
+
+    Masked hindsight control with this mask (as yaak-ai/rmind's ``RandomMaskedHindsightControlObjective`` builds
+    it) cannot copy or interpolate a masked action from the actions around it: random-policy actions carry no
+    information about each other, and a masked action has to be inferred from the observations.
+    """
+    mask = torch.ones(2 * num_steps, 2 * num_steps, dtype=torch.bool, device=device)
+    actions = torch.arange(1, 2 * num_steps, 2, device=device)  # a_0 .. a_{K-1}
+    mask[actions[:, None], actions[None, :]] = False
+    mask[actions, actions] = True  # a token always sees itself
     return mask
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ...models.blocks import init_weights
-from ...models.masks import random_step_mask
+from ...models.masks import action_isolation_mask, random_step_mask
 from ...models.trunk import Trunk
 from ..base import Objective, action_loss
 from .passes import action_tokens, observation_tokens
@@ -39,6 +39,7 @@ class MaskedHindsightControlConfig:
     mask_actions: int = 1  # action tokens masked per sample (the LightningModule may set a curriculum)
     mask_obs: int = 0  # observation tokens masked per sample, drawn from steps 1..K-2
     original_read_positions: bool = False  # reproduce the original bug: read a_j's prediction at position j
+    isolate_actions: bool = False  # no action token attends to another step's action (yaak-ai/rmind)
 
 
 class MaskedHindsightControlObjective(Objective):
@@ -64,8 +65,9 @@ class MaskedHindsightControlObjective(Objective):
     ) -> Tensor:
         """Action predictions (B, K, A) for every step from one bidirectional pass with the given input masks."""
         obs, act = observation_tokens(model, batch, cache), action_tokens(model, batch, cache)
-        hidden = model.forward_tokens(obs, act, batch["timesteps"], None, obs_replace, act_replace)  # (B, 2K, C)
         K = act.shape[1]
+        attn_mask = action_isolation_mask(K, act.device) if self.config.isolate_actions else None  # None: full
+        hidden = model.forward_tokens(obs, act, batch["timesteps"], attn_mask, obs_replace, act_replace)  # (B, 2K, C)
         read = hidden[:, :K] if self.config.original_read_positions else hidden[:, 1::2]  # (B, K, C)
         return self.head(read)  # (B, K, A)
 

@@ -1,0 +1,71 @@
+"""How a token knows where it sits in the window: the position schemes of the control transformer (issue 13).
+
+- ``relative_bias`` (default): a learned additive attention bias per layer, head and token offset (Shaw et al.
+  2018, T5's bias without buckets: a window has at most 2K tokens, so every offset gets its own value), in every
+  pass. What a token needs (the action between two observations sits at offsets -1 and +1 from them) is the same
+  at every slot, so it is learned once for all slots, and every token's attention trains it. The bias is stored
+  divided by ``scale`` (``ControlTransformerConfig.relative_bias_scale``): Adam moves a parameter by about lr per step whatever
+  its gradient, and a head only focuses on one of 2K = 60 tokens once its bias is about ln 60 ~ 4 above the
+  rest, which takes thousands of steps at lr 6e-4 (unscaled, RMHC on the synthetic task was no better than
+  ``absolute`` after 500 steps; scaled by 10 it was at 8% of the predict-zero loss, studies/rmhc_ablation).
+- ``absolute``: the reference's learned table of 2K token positions added to the inputs (DT-Atari, smart.md
+  §2.2). RMHC learns slowly with it: a masked action must learn, separately for each of the 2K slots, where its
+  neighbours are, and only masked slots get that gradient (issue 13, "Measured").
+- ``rotary``: rotary embeddings of the token index in queries and keys (Su et al., RoFormer 2021), no parameters.
+- ``step_type``: a learned table of the K steps plus an observation/action token-type embedding.
+
+All four are prefix-consistent: the first L tokens of a 2K-token window are encoded the same as a sequence of L
+tokens, so rollouts with 2T-1 tokens and T < K see what training saw.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+PositionEncoding = Literal["relative_bias", "absolute", "rotary", "step_type"]
+POSITION_ENCODINGS: tuple[str, ...] = ("relative_bias", "absolute", "rotary", "step_type")
+LEGACY_POSITION_ENCODING = "absolute"  # what checkpoints written before the setting existed used
+ROTARY_BASE = 10000.0  # RoFormer's frequency base
+RELATIVE_BIAS_SCALE = 10.0  # stored bias x this = attention bias; see relative_bias above
+
+
+class RelativePositionBias(nn.Module):
+    """One learned scalar per (layer, head, key offset - query offset), zero-initialised (attention starts
+    content-only, as with the reference's zero-initialised position table), times ``scale``."""
+
+    def __init__(self, n_layer: int, n_head: int, max_tokens: int, scale: float = RELATIVE_BIAS_SCALE):
+        super().__init__()
+        self.max_tokens, self.scale = max_tokens, scale
+        self.bias = nn.Parameter(torch.zeros(n_layer, n_head, 2 * max_tokens - 1))  # offsets -(L-1) .. L-1
+
+    def forward(self, length: int) -> Tensor:
+        """(n_layer, n_head, L, L) additive bias; entry [.., i, j] is the value of offset j - i."""
+        pos = torch.arange(length, device=self.bias.device)
+        offset = pos[None, :] - pos[:, None] + self.max_tokens - 1  # (L, L) in 0 .. 2L-2
+        return self.scale * self.bias[:, :, offset]  # (n_layer, nh, L, L)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables of the token index for rotating query/key pairs (RoFormer); derivable, so not stored."""
+
+    def __init__(self, head_dim: int, max_tokens: int):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head size, got {head_dim}")
+        inv_freq = ROTARY_BASE ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hs/2,)
+        angles = torch.arange(max_tokens, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (L, hs/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, length: int) -> tuple[Tensor, Tensor]:
+        return self.cos[:length], self.sin[:length]  # (L, hs/2) each
+
+
+def apply_rotary(x: Tensor, rotary: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate each (even, odd) feature pair of x (B, nh, L, hs) by its token's angles."""
+    cos, sin = rotary  # (L, hs/2) each
+    even, odd = x[..., 0::2], x[..., 1::2]  # (B, nh, L, hs/2) each
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)  # (B, nh, L, hs)
