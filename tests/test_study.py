@@ -74,11 +74,12 @@ def test_run_order_and_scores_follow_the_preset():
     assert order[:3] == [("bc", e, ("unseen_task", "unseen_domain")) for e in (5, 10, 20)]
     assert order[3:] == [("bc", e, ("seen",)) for e in (5, 10, 20)]
     assert len(run.all_cells(transfer)) == 6 * 3 * 3 * 5  # tasks x episodes x inits x seeds
-    data = {f"demos_train/{t}": {"return_mean": 500.0} for ts in transfer.tasks.values() for t in ts}
-    assert set(report.returns_per_score(transfer, data).values()) == {5.0}  # 500 -> 100 points
-    assert set(report.returns_per_score(preset.load_preset("cpu"), {}).values()) == {10.0}
+    tasks = [t for ts in transfer.tasks.values() for t in ts]
+    data = {f"demos_train/{t}": {"return_mean": 500.0} for t in tasks}
+    assert set(report.returns_per_score(transfer, data, tasks).values()) == {5.0}  # 500 -> 100 points
+    assert set(report.returns_per_score(preset.load_preset("cpu"), {}, tasks).values()) == {10.0}
     with pytest.raises(ValueError, match="demonstrator needs the demonstrations' returns of walker-walk"):
-        report.returns_per_score(transfer, {})
+        report.returns_per_score(transfer, {}, ["walker-walk"])
 
 
 def test_inits_with_flags_get_their_own_pretraining_run():

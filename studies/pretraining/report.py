@@ -36,10 +36,9 @@ N_BOOT = 5000  # bootstrap resamples of every CI in the committed summary
 RETURN_PER_SCORE = 10.0  # normalised score = return / 10: dm_control returns lie in [0, 1000]
 
 
-def returns_per_score(preset, data: dict) -> dict[str, float]:
-    """Per task, the return worth one score point under the preset's ``score`` rule (a missing demonstrator
-    return is an error: the score would be meaningless)."""
-    tasks = [t for ts in preset.tasks.values() for t in ts]
+def returns_per_score(preset, data: dict, tasks: list[str]) -> dict[str, float]:
+    """Per task of ``tasks``, the return worth one score point under the preset's ``score`` rule (a missing
+    demonstrator return is an error: the score would be meaningless)."""
     if preset.score == "return":
         return dict.fromkeys(tasks, RETURN_PER_SCORE)
     missing = [t for t in tasks if f"demos_train/{t}" not in data]
@@ -287,7 +286,7 @@ def write_report(preset, data: dict, results_dir: str | None = None, img_dir: st
     ``n_boot`` other than ``N_BOOT`` gives other CIs than the committed summary (tests use fewer)."""
     results_dir = results_dir or os.path.join(HERE, "results", preset.name)
     cells = load_cells(results_dir)
-    scale = returns_per_score(preset, data)
+    scale = returns_per_score(preset, data, sorted({c["cell"]["task"] for c in cells}))
     summary = {"preset": preset.name, "cells_done": len(cells), "data": data, "blocks": []}
     for method, episodes in blocks(cells):
         summary["blocks"].append({"method": method, "episodes": episodes,
