@@ -135,6 +135,24 @@ def test_every_masked_input_reaches_the_trunk_as_the_mask_token(obs_type):
             assert not same(pred[b][act_replace[b]], base[b][act_replace[b]]), (key, b, step)
 
 
+@pytest.mark.parametrize("isolate", [True, False])
+def test_rmhc_isolate_actions_hides_other_steps_actions(isolate):
+    """One block, so no path through observations: with ``isolate_actions`` a masked action's prediction ignores
+    every other step's action, and still sees the observations."""
+    torch.manual_seed(0)
+    model = tiny_model(n_layer=1).eval()
+    rmhc = MaskedHindsightControlObjective(C, ACTION_DIM, MaskedHindsightControlConfig(isolate_actions=isolate))
+    batch = make_batch()
+    act_replace = torch.zeros(3, K, dtype=torch.bool)
+    act_replace[:, 1] = True
+    no_obs = torch.zeros(3, K, dtype=torch.bool)
+    base = rmhc.predict(model, batch, {}, act_replace, no_obs)[:, 1]
+    for step in (0, 2, 3):
+        assert same(rmhc.predict(model, perturbed(batch, "actions", step), {}, act_replace, no_obs)[:, 1],
+                    base) == isolate, step
+    assert not same(rmhc.predict(model, perturbed(batch, "observations", 3), {}, act_replace, no_obs)[:, 1], base)
+
+
 @pytest.mark.parametrize("original", [False, True])
 def test_rmhc_read_positions(original):
     """Which hidden state each prediction is read from, found by perturbing one output position at a time: the fix

@@ -92,6 +92,10 @@ CANDIDATES: dict[str, Candidate] = {
     "relative + normalised": Candidate(position_encoding="relative_bias", normalize=True),
     "relative + no a->a + normalised": Candidate(position_encoding="relative_bias", isolate_actions=True,
                                                  normalize=True),
+    f"relative + {MORE_MASKED} masked + normalised": Candidate(position_encoding="relative_bias",
+                                                               mask_actions=MORE_MASKED, normalize=True),
+    f"relative + {MORE_MASKED} masked + no a->a + normalised": Candidate(
+        position_encoding="relative_bias", mask_actions=MORE_MASKED, isolate_actions=True, normalize=True),
     "inverse dynamics as built": Candidate(objective="inverse"),
     "inverse dynamics relative": Candidate(objective="inverse", position_encoding="relative_bias"),
     "inverse dynamics relative + normalised": Candidate(objective="inverse", position_encoding="relative_bias",
@@ -212,6 +216,20 @@ def zero_losses(data: Dataset) -> dict[str, float]:
     return {"rmhc": mse(False), "inverse": mse(True)}
 
 
+def throughput(data: Dataset, rounds: int, steps: int) -> dict[str, float]:
+    """Training samples/s of the position schemes and the action isolation, interleaved round by round and the
+    median taken, so that load from other processes hits every candidate alike (the per-run figures of the curves
+    were taken minutes apart)."""
+    names = ["as built (absolute)", "relative bias", "rotary", "per-step + token type", "relative + no a->a"]
+    measured: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for name in names:
+            torch.manual_seed(0)
+            model, train, _ = build(CANDIDATES[name], data)
+            measured[name].append(fit(model, [train], data.stream(False), steps).samples_per_sec)
+    return {n: sorted(v)[len(v) // 2] for n, v in measured.items()}
+
+
 # ---- report ------------------------------------------------------------------------------------------------------
 def table(results: dict) -> str:
     """Markdown: one row per candidate, the validation loss at every evaluation on each data set."""
@@ -231,6 +249,9 @@ def table(results: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for _, v in r["curve"])
                          + f" | {r['final'] / zero:.0%} | {r['samples_per_sec']:.0f} |")
         lines.append("")
+        if "throughput" in d:
+            lines += ["Training samples/s, interleaved (median of rounds): " + ", ".join(
+                f"{n} {v:.0f}" for n, v in d["throughput"].items()), ""]
     return "\n".join(lines)
 
 
@@ -244,6 +265,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=RESULTS, help="results JSON (updated after every run)")
     parser.add_argument("--fresh", action="store_true", help="ignore the runs already in --out")
+    parser.add_argument("--throughput_rounds", type=int, default=5, help="interleaved timing rounds (0: none)")
+    parser.add_argument("--throughput_steps", type=int, default=40, help="training steps per timing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -266,6 +289,11 @@ def main() -> None:
             r = entry["runs"][name]
             log.info("%s / %s: %s (%.0f samples/s)", dname, name,
                          " ".join(f"{v:.3f}" for _, v in r["curve"]), r["samples_per_sec"])
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
+        if args.throughput_rounds > 0:
+            entry["throughput"] = throughput(data, args.throughput_rounds, args.throughput_steps)
+            log.info("%s throughput: %s", dname, entry["throughput"])
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1)
     print(table(results))

@@ -11,6 +11,12 @@ Deviations:
 - Masked steps are drawn per sample instead of once for the whole batch.
 - Masked inputs are replaced by the model's learned ``mask_token`` instead of the constant -1.
 - The MSE averages over the sample's own action dims only (see objectives/base.py).
+- The pass uses the trunk's positions, by default a relative-position attention bias: with the reference's absolute
+  table this objective hardly learned (models/positions.py; docs/training.md, "RMHC ablation").
+  ``position_encoding='absolute'`` on the trunk reproduces the reference.
+
+``isolate_actions=True`` forbids action->action attention across steps in this pass, as yaak-ai/rmind does
+(``models/masks.action_isolation_mask``); it did not help in the ablation, so it is off.
 """
 
 from __future__ import annotations
