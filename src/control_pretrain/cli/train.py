@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..errors import ArgumentError, UserError
 from ..lit.callbacks import DataWaitMonitor, FlopsPerBatchEstimate, throughput_monitor
-from ..lit.weights import ARCHITECTURE_KEYS, read_pretrained
+from ..lit.weights import checkpoint_defaults, read_pretrained
 
 # Shared by both scripts; each adds its own.
 COMMON_FLAGS = {
@@ -64,6 +64,11 @@ def method_preset(name: str) -> Path:
         raise ArgumentError(f"--method {name}: no preset {path}. Expected one of {known}; pass one of them, or "
                             "write configs/methods/<name>.yaml.")
     return path
+
+
+def method_name(argv: list[str], default: str) -> str:
+    """The ``--method NAME`` (or ``--method=NAME``) of argv, else ``default``."""
+    return argv_value(argv, "--method") or default
 
 
 def expand_method(argv: list[str], default: str) -> list[str]:
@@ -176,7 +181,7 @@ class PretrainCLI(ControlCLI):
         self.config = parser.parse_args(argv)
         for flag, value in overrides:
             apply_objective_alias(self.config, flag, value)
-        if self.config.model.objectives is not None:
+        if self.config.model.get("objectives") is not None:
             self.config.model.objectives = [o for o in self.config.model.objectives if o.init_args.weight != 0]
         if print_config is not None:
             options = print_config.split(",") if print_config else []
@@ -224,8 +229,9 @@ class DownstreamCLI(ControlCLI):
         ckpt = argv_value(sys.argv, "--model.load_model_from")
         if ckpt:
             config = read_pretrained(ckpt).model_config  # the module reuses this read (lit/weights.py)
-            parser.set_defaults({f"model.{k}": config[k] for k in ARCHITECTURE_KEYS + ("max_timestep",)
-                                 if k in config})  # older checkpoints: their position_encoding (lit/weights.py)
+            # older checkpoints: their position_encoding (lit/weights.py)
+            defaults = checkpoint_defaults(config, getattr(self.model_class, "trunk", "gpt"))
+            parser.set_defaults({f"model.{k}": v for k, v in defaults.items()})
 
 
 def argv_value(argv: list[str], name: str) -> str | None:
