@@ -3,7 +3,7 @@ stack, the save -> load contract (state and pixels), GPT <-> MTM weight loading,
 
 import pytest
 import torch
-from conftest import ACTION_DIM, OBS_DIM, VALID_DIMS, C, K, make_batch
+from conftest import ACTION_DIM, OBS_DIM, C, K, make_batch
 
 from control_pretrain.eval.masked_probes import probe_errors
 from control_pretrain.lit.mtm_module import MTMPretrainModule, mask_seed
@@ -217,7 +217,7 @@ def test_mtm_learns_inverse_dynamics_on_the_synthetic_task():
     task = SyntheticControlTask()
     torch.manual_seed(0)
     m = MTMPretrainModule(obs_type="state", obs_dim=task.dim, action_dim=task.dim, n_embd=64, n_head=4,
-                          n_enc_layer=2, n_dec_layer=1, context_length=6, dropout=0.0, lr=1e-3, lr_schedule="constant",
+                          n_enc_layer=2, n_dec_layer=1, context_length=6, dropout=0.0, lr=2e-3, lr_schedule="constant",
                           modalities=("obs", "act"),
                           objective=MaskedReconstructionConfig(mode_weights={"obs": 0.3, "act": 0.7}))
     optimizer = m.configure_optimizers()

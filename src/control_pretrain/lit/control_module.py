@@ -21,9 +21,9 @@ from torch import nn
 
 from ..data.obs_stats import ObsStats
 from ..data.slots import SlotLayout
+from ..errors import CheckpointError
 from ..models.control_transformer import ControlTransformer, ControlTransformerConfig, param_groups
 from ..objectives import Objective, combine_losses
-from ..errors import CheckpointError
 from .weights import check_architecture, trunk_kind
 
 log = logging.getLogger(__name__)

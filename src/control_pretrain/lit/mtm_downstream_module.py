@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from ..errors import ArgumentError
-from ..eval.callback import RolloutEvaluation
 from ..eval.masked_probes import probe_errors, probe_names
 from ..eval.policies import MaskedTrajectoryPolicy
 from ..models.masked_trajectory import MaskedTrajectoryConfig, MaskedTrajectoryModel
@@ -56,6 +55,7 @@ class MTMDownstreamModule(DownstreamModule):
         context_length: int = 8,
         dropout: float = 0.1,
         mae_split: bool = True,
+        step_bias: bool = True,
         modalities: tuple[str, ...] = ("obs", "rtg", "act"),
         objective: MaskedReconstructionConfig | None = None,
         load_model_from: str | None = None,
@@ -91,6 +91,7 @@ class MTMDownstreamModule(DownstreamModule):
             context_length: K steps per window (default: the checkpoint's).
             dropout: attention, residual and embedding dropout.
             mae_split: encoder on the visible tokens only (default: the checkpoint's).
+            step_bias: learned step-offset attention bias in every block (models/positions.py StepOffsetBias).
             modalities: token kinds per step (default: the checkpoint's).
             objective: the finetuning mask and loss (objectives/mtm.py); default: the mode's own mask.
             load_model_from: an MTM checkpoint (or a SMART one: its encoders and blocks load by name).
@@ -126,10 +127,11 @@ class MTMDownstreamModule(DownstreamModule):
         # A seen domain also keeps its action slot, so the action encoder and head answer zero-shot.
         layout = pretrained.action_layout if pretrained is not None else None
         self.action_layout = layout if layout is not None and layout.fits(domain, action_dim) else None
-        config = MaskedTrajectoryConfig(obs_type=obs_type, obs_dim=self.obs_layout.size if self.obs_layout else obs_dim,
-                                        action_dim=self.action_layout.size if self.action_layout else action_dim, n_embd=n_embd, n_head=n_head, n_enc_layer=n_enc_layer,
-                                        n_dec_layer=n_dec_layer, context_length=context_length, dropout=dropout,
-                                        mae_split=mae_split, modalities=tuple(modalities))
+        config = MaskedTrajectoryConfig(
+            obs_type=obs_type, obs_dim=self.obs_layout.size if self.obs_layout else obs_dim,
+            action_dim=self.action_layout.size if self.action_layout else action_dim, n_embd=n_embd, n_head=n_head,
+            n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, context_length=context_length, dropout=dropout,
+            mae_split=mae_split, step_bias=step_bias, modalities=tuple(modalities))
         self.build_model(MaskedTrajectoryModel(config), compile)
         objective = objective or MaskedReconstructionConfig(masks=[FINETUNE_MASKS[mode]])
         self.add_objective(MaskedReconstructionObjective(config=objective))

@@ -52,6 +52,7 @@ class MTMPretrainModule(ControlModule):
         context_length: int = 8,
         dropout: float = 0.1,
         mae_split: bool = True,
+        step_bias: bool = True,
         modalities: tuple[str, ...] = ("obs", "rtg", "act"),
         objective: MaskedReconstructionConfig | None = None,
         lr: float = 3e-4,
@@ -76,6 +77,7 @@ class MTMPretrainModule(ControlModule):
             context_length: K steps per window (K x modalities tokens).
             dropout: attention, residual and embedding dropout.
             mae_split: encoder on the visible tokens only (MAE); false: one stack over all tokens (BERT).
+            step_bias: learned step-offset attention bias in every block (models/positions.py StepOffsetBias).
             modalities: token kinds per step, in within-step order: obs, rtg (average return-to-go), act.
             objective: masks (mtm_auto, bc, rcbc, id, fd, random; several = one per sample), keep ratios (the
                 fraction VISIBLE), cut weights per modality, per-sample masks, loss on all or masked tokens,
@@ -95,7 +97,7 @@ class MTMPretrainModule(ControlModule):
         config = MaskedTrajectoryConfig(obs_type=obs_type, obs_dim=obs_dim, action_dim=action_dim, n_embd=n_embd,
                                         n_head=n_head, n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer,
                                         context_length=context_length, dropout=dropout, mae_split=mae_split,
-                                        modalities=tuple(modalities))
+                                        step_bias=step_bias, modalities=tuple(modalities))
         self.build_model(MaskedTrajectoryModel(config), compile)
         self.add_objective(MaskedReconstructionObjective(config=objective or MaskedReconstructionConfig()))
         if probe_batches < 0:

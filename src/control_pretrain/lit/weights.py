@@ -31,7 +31,7 @@ ARCHITECTURE_KEYS = ("obs_type", "n_embd", "n_layer", "n_head", "context_length"
 # only the token width and the observation kind must agree: their encoders and blocks load by name and shape,
 # and the rest is re-initialised (both lists are logged).
 SHARED_KEYS = ("obs_type", "n_embd", "n_head")
-MTM_KEYS = ("obs_type", "n_embd", "n_head", "n_enc_layer", "n_dec_layer", "modalities")
+MTM_KEYS = ("obs_type", "n_embd", "n_head", "n_enc_layer", "n_dec_layer", "modalities", "step_bias")
 
 
 def trunk_kind(config: dict) -> str:

@@ -19,6 +19,8 @@ dynamics target), returns (z-scored), actions (raw, in [-1, 1]).
 Deviations from facebookresearch/mtm ``MTM``:
 - masks per sample (the reference shares one per batch, §A.11 #1), any window length at inference (the sinusoid
   is computed for the window, not a table of ``traj_length`` rows, §A.11 #13);
+- a learned step-offset attention bias per (modality pair, offset) in every block (``step_bias``,
+  models/positions.py ``StepOffsetBias``): with the sinusoid alone, inverse dynamics did not learn in our budget;
 - our encoders (Tanh latents) instead of one Linear per modality; no per-modality Linear on the decoder side;
 - actions are not z-scored (they are bounded already, and the action losses stay comparable with SMART's);
 - encoder blocks are named ``blocks`` and the encoders as in the control transformer, so weights move between a
@@ -38,6 +40,7 @@ from torch import Tensor, nn
 from .blocks import Block, init_weights
 from .encoders import ActionEncoder, PixelEncoder, StateEncoder
 from .normalizer import ObservationNormalizer
+from .positions import StepOffsetBias
 
 MTM_TRUNK = "mtm"  # ``trunk`` in the stored config; the control transformer's configs have none (= "gpt")
 
@@ -58,6 +61,7 @@ class MaskedTrajectoryConfig:
     mae_split: bool = True  # encoder on visible tokens only (MAE); False: one stack over all tokens (BERT)
     modalities: tuple[str, ...] = ("obs", "rtg", "act")  # within-step order (models/token_masks.py)
     state_hidden: int = 256
+    step_bias: bool = True  # learned step-offset attention bias on top of the sinusoid (models/positions.py)
     trunk: str = MTM_TRUNK
 
     def __post_init__(self) -> None:
@@ -119,6 +123,10 @@ class MaskedTrajectoryModel(nn.Module):
         self.decoder_blocks = nn.ModuleList([Block(C, config.n_head, config.dropout)
                                              for _ in range(config.n_dec_layer)])
         self.ln_dec = nn.LayerNorm(C)
+        if config.step_bias:
+            max_offset = config.context_length - 1
+            self.encoder_bias = StepOffsetBias(config.n_enc_layer, config.n_head, M, max_offset)
+            self.decoder_bias = StepOffsetBias(config.n_dec_layer, config.n_head, M, max_offset)
         obs_out = C if config.obs_type == "pixels" else config.obs_dim
         sizes = {"obs": obs_out, "rtg": 1, "act": config.action_dim}
         self.heads = nn.ModuleDict({m: ReconstructionHead(C, sizes[m]) for m in config.modalities})
@@ -209,13 +217,19 @@ class MaskedTrajectoryModel(nn.Module):
             padding = padding.clone()
             padding[:, 0] = False
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, key_padding_mask=padding if self.config.mae_split else None)  # (B, L, C)
+        biases = self._biases(self.encoder_bias if self.config.step_bias else None, positions, M, len(self.blocks))
+        for block, bias in zip(self.blocks, biases):
+            x = block(x, key_padding_mask=padding if self.config.mae_split else None, attn_bias=bias)  # (B, L, C)
         return self.ln_f(x), positions, padding
+
+    @staticmethod
+    def _biases(table: StepOffsetBias | None, positions: Tensor, num_modalities: int, n_layer: int) -> list:
+        """Per layer, the (B, nh, L, L) attention bias of tokens at ``positions`` (B, L), or None."""
+        return [None] * n_layer if table is None else list(table(positions, num_modalities))
 
     def forward(self, batch: dict[str, Tensor], visible: Tensor) -> dict[str, Tensor]:
         """Reconstructions (B, K, F_m) of every modality from the tokens ``visible`` (B, K, M) marks."""
-        states, positions, padding = self.encode(batch, visible)  # (B, L, C), (B, L), (B, L)
+        states, positions, _ = self.encode(batch, visible)  # (B, L, C), (B, L)
         B, K, M = visible.shape
         C = self.config.n_embd
         if self.config.mae_split:  # encoder states back to their positions, mask tokens everywhere else
@@ -227,8 +241,11 @@ class MaskedTrajectoryModel(nn.Module):
             x = states  # (B, KM, C): every position went through the encoder
         x = x.reshape(B, K, M, C) + self._positions(K, x.device, self.decoder_modality_emb)  # (B, K, M, C)
         x = x.reshape(B, K * M, C)
-        for block in self.decoder_blocks:
-            x = block(x)  # (B, KM, C)
+        every = torch.arange(K * M, device=x.device).expand(B, -1)  # (B, KM)
+        biases = self._biases(self.decoder_bias if self.config.step_bias else None, every, M,
+                              len(self.decoder_blocks))
+        for block, bias in zip(self.decoder_blocks, biases):
+            x = block(x, attn_bias=bias)  # (B, KM, C)
         x = self.ln_dec(x).reshape(B, K, M, C)
         return {m: self.heads[m](x[:, :, i]) for i, m in enumerate(self.modalities)}  # (B, K, F_m) each
 
