@@ -66,14 +66,25 @@ def method_preset(name: str) -> Path:
     return path
 
 
+def expanded_method(argv: list[str]) -> str | None:
+    """The method of an argv that ``expand_method`` already rewrote (``--config <preset> ...``), else None. The
+    processes Lightning's DDP launcher starts re-run the script with that rewritten argv."""
+    if len(argv) >= 2 and argv[0] == "--config" and Path(argv[1]).resolve().parent == METHODS_DIR:
+        return Path(argv[1]).stem
+    return None
+
+
 def method_name(argv: list[str], default: str) -> str:
-    """The ``--method NAME`` (or ``--method=NAME``) of argv, else ``default``."""
-    return argv_value(argv, "--method") or default
+    """The ``--method NAME`` (or ``--method=NAME``) of argv, else its expanded preset's, else ``default``."""
+    return argv_value(argv, "--method") or expanded_method(argv) or default
 
 
 def expand_method(argv: list[str], default: str) -> list[str]:
     """Replace ``--method NAME`` (or ``--method=NAME``; default ``default``) by ``--config <its preset>`` in front of
-    every other argument, so later ``--config`` files and flags override the preset (last wins)."""
+    every other argument, so later ``--config`` files and flags override the preset (last wins). An argv already
+    expanded is returned as it is."""
+    if argv_value(argv, "--method") is None and expanded_method(argv) is not None:
+        return list(argv)
     name, rest, i = default, [], 0
     while i < len(argv):
         if argv[i] == "--method":
