@@ -209,9 +209,10 @@ def test_gpt_and_mtm_weights_load_into_each_other(tmp_path):
 
 
 # ---- learning -----------------------------------------------------------------------------------------------------
-def test_mtm_learns_inverse_dynamics_on_the_synthetic_task():
-    """o_t ~ N(0, I), a_t = tanh(W (o_{t+1} - o_t) / 2) (tests/synthetic.py): MTM's inverse-dynamics probe must fall
-    below 20% of the predict-zero error within its budget; a model that cannot learn stays near 100%."""
+def test_mtm_learns_inverse_and_forward_dynamics_on_the_synthetic_task():
+    """o_t ~ N(0, I), a_t = tanh(W (o_{t+1} - o_t) / 2) (tests/synthetic.py): after 600 steps MTM's inverse-dynamics
+    probe must be below 20% and its forward-dynamics probe below 30% of the predict-zero error; a model that cannot
+    learn stays near 100%. Measured: 14% and 14%; without the step-offset bias (sinusoid only) 21% and 85%."""
     from synthetic import SyntheticControlTask
 
     task = SyntheticControlTask()
@@ -230,6 +231,7 @@ def test_mtm_learns_inverse_dynamics_on_the_synthetic_task():
         optimizer.step()
     m.eval()
     val = task.windows(512, 6, torch.Generator().manual_seed(99))
-    error = probe_errors(m.model, val, ["id"])["id"]
-    zero = val["actions"][:, -2, :].square().mean()
-    assert error < 0.2 * zero, (float(error), float(zero))
+    errors = probe_errors(m.model, val, ["id", "fd"])
+    zero_id, zero_fd = val["actions"][:, -2, :].square().mean(), val["observations"][:, -1].square().mean()
+    assert errors["id"] < 0.2 * zero_id, (float(errors["id"]), float(zero_id))
+    assert errors["fd"] < 0.3 * zero_fd, (float(errors["fd"]), float(zero_fd))

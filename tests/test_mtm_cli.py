@@ -65,6 +65,7 @@ def test_every_mode_runs_from_the_mtm_checkpoint(mtm_ckpt, collected_dir, tmp_pa
     _, out = mtm_ckpt
     cli, report = finetune(collected_dir, tmp_path, out / "checkpoints" / "last.ckpt", "--mode", mode)
     saved = json.loads((tmp_path / "eval_results.json").read_text())
+    assert saved == json.loads(json.dumps(report))  # the file is what main returned
     assert saved["mode"] == mode and cli.model.hparams.mode == mode
     assert any(n.startswith("model.blocks.") for n in cli.model.loaded)  # the trunk came from the checkpoint
     if mode in ("bc", "rcbc"):
