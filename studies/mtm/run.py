@@ -8,6 +8,8 @@ Cells (method, seed), each a resumable JSON under studies/mtm/results/<preset>/c
   mlp-<cap>    the MLP specialist of that capability (specialists.py), the same windows and steps
   mtm-5pct     heteromodal MTM: every state, actions of 5% of the training episodes (``action_label_fraction``)
   mlp-bc-5pct  BC on the labelled 5% alone
+  mtm-masked   diagnostic: MTM scored on the hidden tokens only (``objective.loss_on masked``)
+  mtm-10k      diagnostic: MTM with 10,000 steps instead of 2,000
 Offline probes (MSE, eval/masked_probes.py positions) on every window of the held-out 5% of episodes; rollouts:
 ``eval_episodes`` dm_control episodes on seeds 2000.. with the last weights (no selection).
 
@@ -26,6 +28,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,7 +66,11 @@ PRESET = {
     "rcbc_quantile": 0.9,  # rcbc's constant average return token: this quantile of training episodes' reward/step
     "label_fraction": 0.05,
 }
-METHODS = ("mtm", *(f"smtm-{k}" for k in KINDS), *(f"mlp-{k}" for k in KINDS), "mtm-5pct", "mlp-bc-5pct")
+METHODS = ("mtm", *(f"smtm-{k}" for k in KINDS), *(f"mlp-{k}" for k in KINDS), "mtm-5pct", "mlp-bc-5pct",
+           "mtm-masked", "mtm-10k")
+# Diagnostics beside the benchmark: MTM with the loss on hidden tokens only, and MTM trained 5x longer.
+EXTRA_FLAGS = {"mtm-masked": ["--model.objective.loss_on", "masked"]}
+STEPS = {"mtm-10k": 10_000}
 TEST_SEED = 2000
 RESULTS = os.path.join(HERE, "results", PRESET["name"])  # --results elsewhere for trial runs
 
@@ -98,8 +105,8 @@ def pretrain(method: str, seed: int, out: str) -> str:
            "--source_data_type", "full", "--train_replay_id", "1", "--num_steps", str(PRESET["num_steps"]),
            "--data_dir_prefix", PRESET["data_dir"], "--obs_type", "state", "--context_length",
            str(PRESET["context_length"]), "--data.batch_size", str(PRESET["batch_size"]), "--data.num_workers", "0",
-           *PRESET["model"], "--epochs", "1000", "--trainer.max_steps", str(PRESET["steps"]), "--seed_everything",
-           str(seed), "--output_dir", out, "--quiet"]
+           *PRESET["model"], "--epochs", "1000", "--trainer.max_steps", str(STEPS.get(method, PRESET["steps"])),
+           "--seed_everything", str(seed), "--output_dir", out, "--quiet", *EXTRA_FLAGS.get(method, [])]
     if masks:
         cmd += ["--model.objective.masks", json.dumps([masks])]
     if method == "mtm-5pct":
@@ -170,8 +177,9 @@ def run_cell(method: str, seed: int, dms: dict, results: str) -> None:
     if fraction not in dms:
         dms[fraction] = datamodule(fraction)
     start = time.time()
-    out = os.path.join(ROOT, "outputs", "mtm_study", f"{method}_s{seed}")
-    os.makedirs(out, exist_ok=True)
+    out = os.path.join(ROOT, "outputs", "mtm_study", os.path.basename(results), f"{method}_s{seed}")
+    shutil.rmtree(out, ignore_errors=True)  # a cell without its JSON starts over, never from an old checkpoint
+    os.makedirs(out)
     torch.set_num_threads(1)
     cell = (mlp_cell(method, seed, dms[fraction]) if method.startswith("mlp") else
             mtm_cell(method, seed, dms[fraction], out))
@@ -194,9 +202,11 @@ def report(results: str) -> str:
         rows.setdefault(c["method"], []).append(c)
 
     def fmt(values: list[float], digits: int) -> str:
+        """Mean over seeds and the bootstrap 95% CI of that mean (eval/stats.py)."""
         if not values:
             return ""
-        return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f} (n={len(values)})"
+        s = summarize(values)
+        return f"{s['mean']:.{digits}f} [{s['ci95'][0]:.{digits}f}, {s['ci95'][1]:.{digits}f}] (n={len(values)})"
 
     lines = ["| method | " + " | ".join(f"{k} MSE" for k in KINDS) + " | bc return | rcbc return |",
              "|---|" + "---|" * (len(KINDS) + 2)]

@@ -63,7 +63,7 @@ class MTMPretrainModule(ControlModule):
         min_lr_ratio: float = 0.0,
         compile: bool = False,
         init_from: str | None = None,
-        probe_batches: int = 4,
+        probe_batches: int = -1,
     ) -> None:
         """
         Args:
@@ -90,7 +90,9 @@ class MTMPretrainModule(ControlModule):
             min_lr_ratio: final learning rate as a fraction of lr (MTM: 0).
             compile: torch.compile the model (GPUs; slow to start).
             init_from: initialise matching weights from this checkpoint (MTM or SMART; lit/weights.py rules).
-            probe_batches: validation batches scored by the offline probes each epoch (0: none).
+            probe_batches: validation batches scored by the offline probes each epoch (-1: all, 0: none). Batches
+                come in file order, so the first ones are the earliest held-out episodes (in SAC replay, the
+                least predictable): a few of them are not the whole validation set's value.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -100,8 +102,9 @@ class MTMPretrainModule(ControlModule):
                                         step_bias=step_bias, modalities=tuple(modalities))
         self.build_model(MaskedTrajectoryModel(config), compile)
         self.add_objective(MaskedReconstructionObjective(config=objective or MaskedReconstructionConfig()))
-        if probe_batches < 0:
-            raise ArgumentError(f"--model.probe_batches {probe_batches}: expected 0 (no probes) or a count, e.g. 4.")
+        if probe_batches < -1:
+            raise ArgumentError(f"--model.probe_batches {probe_batches}: expected -1 (every validation batch), 0 "
+                                "(no probes) or a count, e.g. 4.")
         self.mask_generator = torch.Generator()
         self.validation_generator = torch.Generator()
         if init_from:
@@ -149,7 +152,7 @@ class MTMPretrainModule(ControlModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         bs = len(batch["actions"])
         losses = self.compute_losses(batch, self.validation_generator)
-        if batch_idx < self.hparams.probe_batches:
+        if self.hparams.probe_batches < 0 or batch_idx < self.hparams.probe_batches:
             losses.update({f"probe_{k}_mse": v for k, v in probe_errors(self.model, batch).items()})
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True, batch_size=bs,
                       sync_dist=True)
