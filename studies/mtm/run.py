@@ -43,7 +43,7 @@ from specialists import KINDS, Specialist, SpecialistPolicy, specialist_error, t
 
 from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
 from control_pretrain.envs.dmc import make_env
-from control_pretrain.eval.masked_probes import probe_errors
+from control_pretrain.eval.masked_probes import mean_probe_errors
 from control_pretrain.eval.policies import MaskedTrajectoryPolicy
 from control_pretrain.eval.rollout import evaluate
 from control_pretrain.eval.stats import summarize
@@ -123,13 +123,7 @@ def mtm_cell(method: str, seed: int, dm: MultiTaskDataModule, out: str) -> dict:
     ckpt = pretrain(method, seed, out)
     module = MTMPretrainModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     names = list(KINDS) if method.startswith("mtm") else [method.split("-", 1)[1]]
-    sums, count = {n: 0.0 for n in names}, 0
-    for batch in dm.val_dataloader():
-        errors = probe_errors(module.model, batch, names)
-        for n in names:
-            sums[n] += float(errors[n]) * len(batch["actions"])
-        count += len(batch["actions"])
-    cell = {"probes": {n: sums[n] / count for n in names}, "rollouts": {}}
+    cell = {"probes": mean_probe_errors(module.model, dm.val_dataloader(), names), "rollouts": {}}
     for mode in [n for n in names if n in ("bc", "rcbc")]:
         target = rcbc_target(dm) if mode == "rcbc" else None
         policy = MaskedTrajectoryPolicy(module.model, module.mtm, target, PRESET["context_length"] - 1)

@@ -55,3 +55,17 @@ def probe_errors(model, batch: dict[str, Tensor], names: list[str] | None = None
             dims = dim_weights(model, batch, modality)  # (B, D)
             out[name] = ((pred - target).square() * dims).sum() / dims.sum().clamp_min(1.0)
     return out
+
+
+@torch.no_grad()
+def mean_probe_errors(model, batches, names: list[str], prepare=lambda batch: batch) -> dict[str, float]:
+    """Each probe's MSE over every window of ``batches`` (weighted by batch size), ``prepare`` applied to each
+    batch first (the finetuning module's slot placement). The model must be in eval mode."""
+    sums, count = dict.fromkeys(names, 0.0), 0
+    for batch in batches:
+        batch = prepare(batch)
+        n = len(batch["actions"])
+        for name, value in probe_errors(model, batch, names).items():
+            sums[name] += float(value) * n
+        count += n
+    return {name: total / max(count, 1) for name, total in sums.items()}

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ArgumentError
-from ..eval.masked_probes import probe_errors, probe_names
+from ..eval.masked_probes import mean_probe_errors, probe_errors, probe_names
 from ..eval.policies import MaskedTrajectoryPolicy
 from ..models.masked_trajectory import MaskedTrajectoryConfig, MaskedTrajectoryModel
 from ..objectives.mtm import MaskedReconstructionConfig, MaskedReconstructionObjective
@@ -206,19 +206,14 @@ class MTMDownstreamModule(DownstreamModule):
     def probe_metrics(self, loader) -> dict[str, float]:
         """The mode's offline MSEs (probes: all of them) over every batch of ``loader``, window-weighted."""
         names = probe_names(self.model.modalities) if self.hparams.mode == "probes" else [self.hparams.mode]
-        sums, count = dict.fromkeys(names, 0.0), 0
         was_training = self.training
         self.eval()
         try:
-            for batch in loader:
-                batch = self.prepare({k: v.to(self.device) for k, v in batch.items()})
-                n = len(batch["actions"])
-                for name, value in probe_errors(self.model, batch, names).items():
-                    sums[name] += float(value) * n
-                count += n
+            errors = mean_probe_errors(self.model, loader, names,
+                                       lambda b: self.prepare({k: v.to(self.device) for k, v in b.items()}))
         finally:
             self.train(was_training)
-        return {f"{name}_mse": total / max(count, 1) for name, total in sums.items()}
+        return {f"{name}_mse": value for name, value in errors.items()}
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
