@@ -108,8 +108,12 @@ class ControlModule(LightningModule):
         losses["loss"] = combine_losses(outputs, self.weights)
         return losses
 
+    def training_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses of one training step (a method with its own randomness per step overrides this)."""
+        return self.compute_losses(batch)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch)
+        losses = self.training_losses(batch)
         bs = len(batch["actions"])
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False,
                       batch_size=bs)

@@ -135,16 +135,11 @@ class MTMPretrainModule(ControlModule):
         out = self.mtm(self.model, batch, {"generator": generator})
         return {"loss": out["loss"], **{k: v for k, v in out.items() if k.startswith("recon_")}}
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Masks from a generator seeded by (seed, rank, step): every rank its own, a resumed run the same."""
         seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
         self.mask_generator.manual_seed(mask_seed(seed, self.global_rank, self.global_step))
-        losses = self.compute_losses(batch, self.mask_generator)
-        bs = len(batch["actions"])
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False,
-                      batch_size=bs)
-        self.log("train/loss_epoch", losses["loss"].detach(), on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=bs, sync_dist=True)
-        return losses["loss"]
+        return self.compute_losses(batch, self.mask_generator)
 
     def on_validation_epoch_start(self) -> None:
         self.validation_generator.manual_seed(VALIDATION_MASK_SEED + self.global_rank)
