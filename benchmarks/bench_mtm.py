@@ -108,7 +108,7 @@ def main() -> None:
         SECTION, "",
         f"- Date: {datetime.date.today()}",
         f"- Machine: {os.cpu_count()} cores, {cpu_model()}; device {args.device}; torch threads {threads}",
-        "- Command: `python benchmarks/bench_mtm.py --out docs/benchmarks.md`",
+        f"- Command: `BENCH_THREADS={threads} python benchmarks/bench_mtm.py --out docs/benchmarks.md`",
         f"- 1-min load average at start / end: {load:.2f} / {os.getloadavg()[0]:.2f}", "",
         markdown_table(["obs", "size", "params", "K", "batch", "samples/s", "peak RSS MB"], rows), "",
         "A sample is one K-step window (3K tokens). Training step: mask draw + forward + loss + backward + AdamW.", ""])

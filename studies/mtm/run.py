@@ -9,7 +9,7 @@ Cells (method, seed), each a resumable JSON under studies/mtm/results/<preset>/c
   mtm-5pct     heteromodal MTM: every state, actions of 5% of the training episodes (``action_label_fraction``)
   mlp-bc-5pct  BC on the labelled 5% alone
   mtm-masked   diagnostic: MTM scored on the hidden tokens only (``objective.loss_on masked``)
-  mtm-10k      diagnostic: MTM with 10,000 steps instead of 2,000
+  mtm-6k       diagnostic: MTM with 6,000 steps instead of 2,000
 Offline probes (MSE, eval/masked_probes.py positions) on every window of the held-out 5% of episodes; rollouts:
 ``eval_episodes`` dm_control episodes on seeds 2000.. with the last weights (no selection).
 
@@ -67,10 +67,10 @@ PRESET = {
     "label_fraction": 0.05,
 }
 METHODS = ("mtm", *(f"smtm-{k}" for k in KINDS), *(f"mlp-{k}" for k in KINDS), "mtm-5pct", "mlp-bc-5pct",
-           "mtm-masked", "mtm-10k")
-# Diagnostics beside the benchmark: MTM with the loss on hidden tokens only, and MTM trained 5x longer.
+           "mtm-masked", "mtm-6k")
+# Diagnostics beside the benchmark: MTM with the loss on hidden tokens only, and MTM trained 3x longer.
 EXTRA_FLAGS = {"mtm-masked": ["--model.objective.loss_on", "masked"]}
-STEPS = {"mtm-10k": 10_000}
+STEPS = {"mtm-6k": 6_000}
 TEST_SEED = 2000
 RESULTS = os.path.join(HERE, "results", PRESET["name"])  # --results elsewhere for trial runs
 
