@@ -7,14 +7,22 @@ The original README's commands run verbatim, e.g. ``python src/dmc_downstream.py
 the last and the best checkpoint are evaluated in dm_control on held-out seeds and written to
 ``{output_dir}/eval_results.json``. Presets: ``--config configs/downstream/bc.yaml`` (also ``rtg.yaml``,
 ``few_shot.yaml``), with any flag after it overriding the preset.
+
+``--mode bc|rcbc|id|fd|probes`` says what to do with the checkpoint: bc and rcbc finetune (unless ``--epochs 0``)
+and run rollouts (for SMART checkpoints they are ``--model_type naive`` and ``reward_conditioned``); id, fd and
+probes report offline MSE on held-out episodes and need an MTM checkpoint (lit/mtm_downstream_module.py), whose
+module is chosen from the checkpoint (or with ``--method mtm`` from scratch).
 """
 
 import sys
 
-from control_pretrain.cli.train import run_cli
+from control_pretrain.cli.train import argv_value, drop_flag, run_cli
 from control_pretrain.data.datamodules.downstream import DownstreamDataModule
-from control_pretrain.eval.report import final_report
+from control_pretrain.errors import ArgumentError, UserError
+from control_pretrain.eval.report import final_report, offline_report
 from control_pretrain.lit.downstream_module import DownstreamModule
+from control_pretrain.lit.mtm_downstream_module import OFFLINE_MODES, MTMDownstreamModule
+from control_pretrain.lit.weights import read_pretrained, trunk_kind
 
 FLAGS = {
     "--domain": "--data.domain",
@@ -36,10 +44,48 @@ SWITCHES = {
 }
 
 
+SMART_MODES = {"bc": "naive", "rcbc": "reward_conditioned"}  # --mode -> SMART's --model_type
+MTM_MODES = {"naive": "bc", "reward_conditioned": "rcbc"}  # and back, for --model_type with an MTM checkpoint
+
+
+def choose_module(argv: list[str]) -> tuple[type, list[str]]:
+    """The finetuning module (MTM for an MTM checkpoint or ``--method mtm``, else SMART's) and argv with
+    ``--mode``/``--method`` turned into its flags."""
+    argv, mode = drop_flag(argv, ("--mode",))
+    argv, method = drop_flag(argv, ("--method",))
+    ckpt = argv_value(argv, "--load_model_from") or argv_value(argv, "--model.load_model_from")
+    trunk = trunk_kind(read_pretrained(ckpt).model_config) if ckpt else "gpt"
+    if method not in (None, "smart", "mtm"):
+        raise ArgumentError(f"--method {method}: finetuning knows smart and mtm.")
+    if method == "mtm" or (method is None and trunk == "mtm"):
+        argv, model_type = drop_flag(argv, ("--model_type", "--model.model_type"))
+        mode = mode or MTM_MODES.get(model_type or "naive", model_type)
+        return MTMDownstreamModule, [*argv, "--model.mode", mode]
+    if mode in OFFLINE_MODES:
+        raise ArgumentError(f"--mode {mode} needs a masked trajectory (MTM) checkpoint; {ckpt or 'this run'} is a SMART "
+                        "control transformer, which has --mode bc and rcbc.")
+    if mode is not None and mode not in SMART_MODES:
+        raise ArgumentError(f"--mode {mode}: expected bc or rcbc for SMART checkpoints, or id, fd, probes with MTM ones.")
+    return DownstreamModule, argv + (["--model.model_type", SMART_MODES[mode]] if mode else [])
+
+
 def main(argv: list[str] | None = None):
-    cli = run_cli(DownstreamModule, DownstreamDataModule, FLAGS, SWITCHES,
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        module, argv = choose_module(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    cli = run_cli(module, DownstreamDataModule, FLAGS, SWITCHES,
                   trainer_defaults={"max_epochs": 30, "gradient_clip_val": 1.0, "default_root_dir": "outputs/downstream"},
                   description=__doc__, argv=argv, downstream=True)
+    if cli.model.hparams.get("mode") in OFFLINE_MODES:
+        report = offline_report(cli.trainer, cli.model, cli.datamodule, cli.trainer.default_root_dir)
+        if cli.trainer.is_global_zero:
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in report["metrics"].items())
+            print(f"{report['domain']}-{report['task']} {report['mode']}: {metrics} on "
+                  f"{len(report['episodes'])} held-out episodes", file=sys.stdout)
+        return cli, report
     report = final_report(cli.trainer, cli.model, cli.datamodule, cli.trainer.default_root_dir)
     if cli.trainer.is_global_zero:
         best = report.get("best", {})

@@ -7,15 +7,17 @@ The original README's commands run verbatim, e.g.
 (``--config``, ``--print_config``, ``--trainer.*``, ``--model.*``, ``--data.*``, ``--seed_everything``).
 
 ``--method NAME`` (default ``smart``) loads the method preset ``configs/methods/NAME.yaml`` first; ``--config``
-files and flags stack on top of it (last wins). ``--model_type`` is accepted for the original command lines and
+files and flags stack on top of it (last wins). ``--method mtm`` trains MTM's masked trajectory model instead of
+SMART's control transformer (lit/mtm_module.py). ``--model_type`` is accepted for the original command lines and
 ignored: pretraining trains no policy head.
 """
 
 import logging
 import sys
 
-from control_pretrain.cli.train import drop_flag, run_cli
+from control_pretrain.cli.train import drop_flag, method_name, run_cli
 from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
+from control_pretrain.lit.mtm_module import MTMPretrainModule
 from control_pretrain.lit.pretrain_module import PretrainModule
 
 FLAGS = {
@@ -27,6 +29,7 @@ FLAGS = {
 }
 
 DEFAULT_METHOD = "smart"
+MODULES = {"mtm": MTMPretrainModule}  # the LightningModule of each method whose trunk is not SMART's
 log = logging.getLogger("dmc_pretrain")
 
 
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         log.info("--model_type %s ignored: pretraining trains no policy head (it matters to dmc_downstream.py)",
                  model_type)
-    return run_cli(PretrainModule, MultiTaskDataModule, FLAGS, {},
+    module = MODULES.get(method_name(argv, DEFAULT_METHOD), PretrainModule)
+    return run_cli(module, MultiTaskDataModule, FLAGS, {},
                    trainer_defaults={"max_epochs": 10, "gradient_clip_val": 1.0, "default_root_dir": "outputs/pretrain"},
                    description=__doc__, argv=argv, method=DEFAULT_METHOD)
 

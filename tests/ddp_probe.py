@@ -60,3 +60,19 @@ class RecordWindows(Callback):
         os.makedirs(self.out_dir, exist_ok=True)
         with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
             json.dump(record, f)
+
+
+class RecordMasks(Callback):
+    """MTM: the visible mask (B, K, M) each training step showed on this rank, in step order."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.masks: list = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.masks.append(pl_module.mtm.last_visible.tolist())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        os.makedirs(self.out_dir, exist_ok=True)
+        with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump({"rank": trainer.global_rank, "masks": self.masks}, f)

@@ -87,6 +87,25 @@ def test_returns_to_go_and_timesteps_match_a_naive_reference():
     np.testing.assert_array_equal(index.window_starts(K), naive_starts)
 
 
+def test_average_returns_to_go_by_hand():
+    """MTM's return token: the rewards from t on (r_t included) over the true steps left, L - t."""
+    index = EpisodeIndex.from_done(np.array([0, 0, 1, 0, 1], bool))  # episodes of lengths 3 and 2
+    rewards = np.array([1.0, 2.0, 3.0, 4.0, 6.0], np.float32)
+    avg = index.average_returns_to_go(rewards)
+    assert avg.dtype == np.float32
+    np.testing.assert_allclose(avg, [6 / 3, 5 / 2, 3 / 1, 10 / 2, 6 / 1])
+
+
+def test_average_rtg_in_windows(two_files):
+    files, _ = two_files
+    ds = EpisodeWindowDataset(files, K)
+    batch = ds.__getitems__(np.arange(len(ds)))
+    steps_left = np.concatenate([np.repeat(f.index.lengths, f.index.lengths) - f.index.timesteps() for f in files])
+    steps = ds.starts[:, None] + np.arange(K)  # (W, K)
+    assert batch["rtg_avg"].dtype == torch.float32 and batch["rtg_avg"].shape == batch["rtg"].shape
+    np.testing.assert_allclose(batch["rtg_avg"] * steps_left[steps], batch["rtg"], rtol=1e-5)
+
+
 def test_rtg_in_windows_counts_down_by_reward(two_files):
     files, _ = two_files
     batch = EpisodeWindowDataset(files, K).__getitems__(np.arange(10))

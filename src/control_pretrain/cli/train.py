@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..errors import ArgumentError, UserError
 from ..lit.callbacks import DataWaitMonitor, FlopsPerBatchEstimate, throughput_monitor
-from ..lit.weights import ARCHITECTURE_KEYS, read_pretrained
+from ..lit.weights import checkpoint_defaults, read_pretrained
 
 # Shared by both scripts; each adds its own.
 COMMON_FLAGS = {
@@ -66,9 +66,25 @@ def method_preset(name: str) -> Path:
     return path
 
 
+def expanded_method(argv: list[str]) -> str | None:
+    """The method of an argv that ``expand_method`` already rewrote (``--config <preset> ...``), else None. The
+    processes Lightning's DDP launcher starts re-run the script with that rewritten argv."""
+    if len(argv) >= 2 and argv[0] == "--config" and Path(argv[1]).resolve().parent == METHODS_DIR:
+        return Path(argv[1]).stem
+    return None
+
+
+def method_name(argv: list[str], default: str) -> str:
+    """The ``--method NAME`` (or ``--method=NAME``) of argv, else its expanded preset's, else ``default``."""
+    return argv_value(argv, "--method") or expanded_method(argv) or default
+
+
 def expand_method(argv: list[str], default: str) -> list[str]:
     """Replace ``--method NAME`` (or ``--method=NAME``; default ``default``) by ``--config <its preset>`` in front of
-    every other argument, so later ``--config`` files and flags override the preset (last wins)."""
+    every other argument, so later ``--config`` files and flags override the preset (last wins). An argv already
+    expanded is returned as it is."""
+    if argv_value(argv, "--method") is None and expanded_method(argv) is not None:
+        return list(argv)
     name, rest, i = default, [], 0
     while i < len(argv):
         if argv[i] == "--method":
@@ -176,7 +192,7 @@ class PretrainCLI(ControlCLI):
         self.config = parser.parse_args(argv)
         for flag, value in overrides:
             apply_objective_alias(self.config, flag, value)
-        if self.config.model.objectives is not None:
+        if self.config.model.get("objectives") is not None:
             self.config.model.objectives = [o for o in self.config.model.objectives if o.init_args.weight != 0]
         if print_config is not None:
             options = print_config.split(",") if print_config else []
@@ -224,8 +240,9 @@ class DownstreamCLI(ControlCLI):
         ckpt = argv_value(sys.argv, "--model.load_model_from")
         if ckpt:
             config = read_pretrained(ckpt).model_config  # the module reuses this read (lit/weights.py)
-            parser.set_defaults({f"model.{k}": config[k] for k in ARCHITECTURE_KEYS + ("max_timestep",)
-                                 if k in config})  # older checkpoints: their position_encoding (lit/weights.py)
+            # older checkpoints: their position_encoding (lit/weights.py)
+            defaults = checkpoint_defaults(config, getattr(self.model_class, "trunk", "gpt"))
+            parser.set_defaults({f"model.{k}": v for k, v in defaults.items()})
 
 
 def argv_value(argv: list[str], name: str) -> str | None:

@@ -52,11 +52,23 @@ class EpisodeIndex:
         csum = np.concatenate([[0.0], np.cumsum(rewards, dtype=np.float64)])
         return csum[self.ends] - csum[self.starts]
 
-    def returns_to_go(self, rewards: np.ndarray) -> np.ndarray:
-        """(N,) float32: sum of rewards from each step to the end of its episode (undiscounted)."""
+    def _sums_to_end(self, rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) float64 sum of rewards from each step to the end of its episode, and (N,) steps left (>= 1)."""
         csum = np.concatenate([[0.0], np.cumsum(rewards, dtype=np.float64)])
         end_of_step = np.repeat(self.ends, self.lengths)
-        return (csum[end_of_step] - csum[:-1]).astype(np.float32)
+        return csum[end_of_step] - csum[:-1], end_of_step - np.arange(self.num_steps)
+
+    def returns_to_go(self, rewards: np.ndarray) -> np.ndarray:
+        """(N,) float32: sum of rewards from each step to the end of its episode (undiscounted)."""
+        return self._sums_to_end(rewards)[0].astype(np.float32)
+
+    def average_returns_to_go(self, rewards: np.ndarray) -> np.ndarray:
+        """(N,) float32: MTM's return token (Wu et al. 2023), the mean reward over the rest of the episode,
+        ``sum_{k>=t} r_k / (L - t)``, bounded by the reward range (SMART's summed RTG saturates its encoder). It
+        includes r_t and divides by the true steps left: the reference's D4RL loader excluded r_t and divided by
+        1000 - t even after early termination, its Adroit loader did as here (mtm_maskdp.md §A.11 #7)."""
+        sums, left = self._sums_to_end(rewards)
+        return (sums / left).astype(np.float32)
 
     def window_starts(self, length: int) -> np.ndarray:
         """(W,) int64: every start s such that [s, s+length) lies inside one episode."""

@@ -8,6 +8,10 @@ let windows straddle episodes after the first buffer (smart.md §1.5, §5.2.4, �
 Several domains are combined in a concatenated slot layout (smart.md §2.8): each domain's observation and action
 vectors sit in their own slice of one wider vector, zero elsewhere, and ``action_mask`` marks the domain's slice
 so losses can ignore the padding.
+
+Heteromodal data (MTM, Wu et al. 2023; mtm_maskdp.md §A.8): some episodes may have no action labels. Their
+actions are zeroed when the dataset is built, so no code path can read them, and ``has_action`` (B,) marks each
+window so the model can hide its action tokens; a window lies in one episode, so its first step's label is its own.
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ class EpisodeWindowDataset(Dataset):
         state: return ``observations``; pixels: return ``pixels`` (uint8; the files must hold frames).
         pixel_cache_bytes: frames of whole files are loaded into RAM while they fit in this budget (shared with
             forked DataLoader workers); the rest are read from disk per window.
+        labelled_episodes: per file, the episode numbers whose actions are labelled (None: all); the others are
+            served with zero actions and ``has_action`` False.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class EpisodeWindowDataset(Dataset):
         state: bool = True,
         pixels: bool = False,
         pixel_cache_bytes: int = 0,
+        labelled_episodes: Sequence[np.ndarray | None] | None = None,
     ) -> None:
         if not files:
             raise DatasetError("no dataset files were given")
@@ -118,6 +125,7 @@ class EpisodeWindowDataset(Dataset):
                              f"{self.action_layout.slots} list their domains in different orders")
         task_ids = list(task_ids) if task_ids is not None else list(range(len(files)))
         episodes = list(episodes) if episodes is not None else [None] * len(files)
+        labelled = list(labelled_episodes) if labelled_episodes is not None else [None] * len(files)
 
         sizes = [f.num_steps for f in files]
         self.file_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -126,22 +134,28 @@ class EpisodeWindowDataset(Dataset):
         self.actions = np.zeros((total, self.action_layout.size), np.float32)
         self.rewards = np.empty(total, np.float32)
         self.rtg = np.empty(total, np.float32)
+        self.rtg_avg = np.empty(total, np.float32)
+        self.has_action = np.ones(total, bool)
         self.timesteps = np.empty(total, np.int64)
         self.action_masks = np.zeros((len(files), self.action_layout.size), np.float32)
         self.file_task = np.asarray(task_ids, np.int64)
         self.file_domain = np.asarray([domains.index(f.domain) for f in files], np.int64)
 
         starts, window_file = [], []
-        for i, (f, sel) in enumerate(zip(files, episodes)):
+        for i, (f, sel, lab) in enumerate(zip(files, episodes, labelled)):
             lo, hi = self.file_offsets[i], self.file_offsets[i + 1]
             a_off, a_dim = self.action_layout.slots[f.domain]
             self.actions[lo:hi, a_off : a_off + a_dim] = f.actions
+            if lab is not None:
+                self.has_action[lo:hi] = np.isin(f.index.episode_of_step(), lab)
+                self.actions[lo:hi][~self.has_action[lo:hi]] = 0.0
             self.action_masks[i, a_off : a_off + a_dim] = 1.0
             if state:
                 o_off, o_dim = self.obs_layout.slots[f.domain]
                 self.observations[lo:hi, o_off : o_off + o_dim] = f.observations
             self.rewards[lo:hi] = f.rewards
             self.rtg[lo:hi] = f.index.returns_to_go(f.rewards)
+            self.rtg_avg[lo:hi] = f.index.average_returns_to_go(f.rewards)
             self.timesteps[lo:hi] = f.index.timesteps()
             index = f.index if sel is None else EpisodeIndex(f.index.starts[sel], f.index.ends[sel])
             s = index.window_starts(self.K) + lo
@@ -176,10 +190,12 @@ class EpisodeWindowDataset(Dataset):
             "actions": self.actions[steps],  # (B, K, A)
             "rewards": self.rewards[steps],  # (B, K)
             "rtg": self.rtg[steps],  # (B, K)
+            "rtg_avg": self.rtg_avg[steps],  # (B, K) MTM's return token
             "timesteps": self.timesteps[steps],  # (B, K)
             "action_mask": self.action_masks[files],  # (B, A)
             "task_id": self.file_task[files],  # (B,)
             "domain_id": self.file_domain[files],  # (B,) slot number in both layouts
+            "has_action": self.has_action[starts],  # (B,) false: actions are zeros, not labels
         }
         if self.state:
             batch["observations"] = self.observations[steps]  # (B, K, D)

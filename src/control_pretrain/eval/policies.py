@@ -73,3 +73,32 @@ class ReturnConditionedPolicy(TrunkPolicy):
                  obs_layout: SlotLayout | None = None, action_layout: SlotLayout | None = None) -> None:
         super().__init__(model, objective, obs_layout, action_layout)
         self.target_return = float(target_return)
+
+
+class MaskedTrajectoryPolicy(TrunkPolicy):
+    """A masked trajectory model (MTM) acting by its BC or RCBC query (mtm_maskdp.md §A.7): the current and the
+    last ``history`` observations and actions are visible, the current action is hidden and read off. RCBC also
+    shows a return token at every step, all set to one constant average reward-to-go ``rtg_avg`` (MTM's
+    ``sample_action_bc2``: no decrement bookkeeping); BC shows none. ``history=0`` is MTM's BC, which sees the
+    current observation only."""
+
+    def __init__(self, model: nn.Module, objective: nn.Module, rtg_avg: float | None, history: int,
+                 obs_layout: SlotLayout | None = None, action_layout: SlotLayout | None = None) -> None:
+        super().__init__(model, objective, obs_layout, action_layout)
+        self.rtg_avg, self.history = rtg_avg, int(history)
+
+    def __call__(self, batch: dict[str, Tensor]) -> Tensor:
+        self.check_eval_mode()
+        past = batch["actions"]  # (B, T-1, A)
+        B, T = past.shape[0], past.shape[1] + 1
+        modalities = self.model.modalities
+        steps = torch.arange(T, device=past.device)[None, :, None]  # (1, T, 1)
+        recent = steps >= T - 1 - self.history  # (1, T, 1): inside the shown history
+        visible = torch.zeros(B, T, len(modalities), dtype=torch.bool, device=past.device)
+        for i, m in enumerate(modalities):
+            shown = {"obs": recent, "act": recent & (steps < T - 1),
+                     "rtg": recent if self.rtg_avg is not None else torch.zeros_like(recent)}[m]
+            visible[..., i] = shown[..., 0]
+        full = {**batch, "actions": torch.cat([past, past.new_zeros(B, 1, past.shape[-1])], dim=1)}  # (B, T, A)
+        full["rtg_avg"] = past.new_full((B, T), self.rtg_avg if self.rtg_avg is not None else 0.0)  # (B, T)
+        return self.model(full, visible)["act"]  # (B, T, A)

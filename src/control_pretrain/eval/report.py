@@ -42,13 +42,17 @@ def final_report(trainer: Trainer, module: LightningModule, datamodule: Lightnin
     last = report_entry(trainer, module, datamodule, last_path)
     if hp.video and trainer.is_global_zero:
         write_video(trainer, module, os.path.join(output_dir, "videos", "eval_episode0.mp4"))
-    report = {"domain": hp.domain, "task": hp.task, "model_type": hp.model_type,
+    report = {"domain": hp.domain, "task": hp.task, "model_type": hp.get("model_type", hp.get("mode")),
               "pretrained_from": hp.load_model_from, "target_return": module.target_return, **last,
               "selection_seeds": module.selection_seeds(), "data": datamodule.selection_summary()}
     best_path = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     if best_path and os.path.exists(best_path):
         report["best"] = report_entry(trainer, module, datamodule, best_path)
         report["best"]["selection_score"] = float(ckpt_cb.best_model_score)
+    if "mode" in hp:
+        report["mode"] = hp.mode
+    if getattr(module, "rtg_target", None) is not None:  # MTM's rcbc: the constant average return token
+        report["target_rtg_avg"] = module.rtg_target
     if trainer.is_global_zero:
         write_json_atomically(report, os.path.join(output_dir, "eval_results.json"))
     return report
@@ -70,3 +74,17 @@ def write_video(trainer: Trainer, module: LightningModule, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     imageio.mimwrite(path, res.frames.transpose(0, 2, 3, 1), fps=30, macro_block_size=4)
     log.info("video of one evaluation episode written to %s", path)
+
+
+def offline_report(trainer: Trainer, module: LightningModule, datamodule: LightningDataModule,
+                   output_dir: str) -> dict:
+    """The offline modes' report (id, fd, probes; DESIGN.md): the mode's MSEs with the module's current weights
+    (the checkpoint as loaded, or finetuned) on every window of the held-out replay's episodes."""
+    hp = module.hparams
+    datamodule.setup("validate")
+    report = {"mode": hp.mode, "domain": hp.domain, "task": hp.task, "checkpoint": hp.load_model_from,
+              "finetune_steps": trainer.global_step, "metrics": module.probe_metrics(datamodule.val_dataloader()),
+              "episodes": [int(e) for e in datamodule.val_episodes], "replay": datamodule.val_path, "seeds": []}
+    if trainer.is_global_zero:
+        write_json_atomically(report, os.path.join(output_dir, "eval_results.json"))
+    return report

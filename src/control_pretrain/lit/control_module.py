@@ -21,9 +21,10 @@ from torch import nn
 
 from ..data.obs_stats import ObsStats
 from ..data.slots import SlotLayout
+from ..errors import CheckpointError
 from ..models.control_transformer import ControlTransformer, ControlTransformerConfig, param_groups
 from ..objectives import Objective, combine_losses
-from .weights import check_architecture
+from .weights import check_architecture, trunk_kind
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class ControlModule(LightningModule):
 
     checkpoint_monitor: tuple[str, str] = ("val/loss", "min")  # metric and mode for the best checkpoints
 
-    def build_model(self, config: ControlTransformerConfig, compile: bool) -> None:
-        self.model = ControlTransformer(config)
+    def build_model(self, config: ControlTransformerConfig | nn.Module, compile: bool) -> None:
+        """The trunk (a control transformer of ``config``, or another trunk module itself) and no objectives."""
+        self.model = ControlTransformer(config) if isinstance(config, ControlTransformerConfig) else config
         if compile:
             self.model.compile()  # in place: state-dict keys stay the same
         self.objectives = nn.ModuleDict()
@@ -106,8 +108,12 @@ class ControlModule(LightningModule):
         losses["loss"] = combine_losses(outputs, self.weights)
         return losses
 
+    def training_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses of one training step (a method with its own randomness per step overrides this)."""
+        return self.compute_losses(batch)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch)
+        losses = self.training_losses(batch)
         bs = len(batch["actions"])
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False,
                       batch_size=bs)
@@ -152,7 +158,12 @@ class ControlModule(LightningModule):
         # Runs before Lightning copies the weights (resume, testing a checkpoint): a trunk built differently, such
         # as a run from before --model.position_encoding existed resumed with today's default, gets this message
         # instead of a list of missing and unexpected state-dict keys.
-        check_architecture("the checkpoint to load", checkpoint, self.model.to_config(),
+        ours, theirs = self.model.to_config(), checkpoint.get("model_config", {})
+        if trunk_kind(theirs) != trunk_kind(ours):
+            raise CheckpointError(f"the checkpoint to load holds a {trunk_kind(theirs)} trunk, this run trains a "
+                                  f"{trunk_kind(ours)} one. Resume with the --method of its run, or start from its "
+                                  "weights with --model.init_from instead.")
+        check_architecture("the checkpoint to load", checkpoint, ours,
                            "Resume with the trunk settings of its run (its config.yaml; runs written before "
                            "--model.position_encoding existed need --model.position_encoding absolute).")
         self._restore_obs_stats(checkpoint)

@@ -27,6 +27,31 @@ log = logging.getLogger(__name__)
 
 # Must match between checkpoint and module for any trunk weight to make sense.
 ARCHITECTURE_KEYS = ("obs_type", "n_embd", "n_layer", "n_head", "context_length", "position_encoding")
+# Between two trunks of different kinds (the control transformer, "gpt", and the masked trajectory model, "mtm")
+# only the token width and the observation kind must agree: their encoders and blocks load by name and shape,
+# and the rest is re-initialised (both lists are logged).
+SHARED_KEYS = ("obs_type", "n_embd", "n_head")
+MTM_KEYS = ("obs_type", "n_embd", "n_head", "n_enc_layer", "n_dec_layer", "modalities", "step_bias")
+
+
+def trunk_kind(config: dict) -> str:
+    """'gpt' (the control transformer; its configs name no trunk) or the config's ``trunk``."""
+    return config.get("trunk", "gpt")
+
+
+def checkpoint_defaults(config: dict, module_trunk: str) -> dict:
+    """The settings of a checkpoint's trunk that a finetuning module of kind ``module_trunk`` takes as defaults."""
+    keys = architecture_keys(config, {"trunk": module_trunk})
+    keys += {"gpt": ("max_timestep",), "mtm": ("context_length", "mae_split")}[module_trunk] \
+        if trunk_kind(config) == module_trunk else ()
+    return {k: _plain(config[k]) for k in keys if k in config}
+
+
+def architecture_keys(theirs: dict, ours: dict) -> tuple[str, ...]:
+    """The keys in which a checkpoint's config and ours must agree."""
+    if trunk_kind(theirs) != trunk_kind(ours):
+        return SHARED_KEYS
+    return MTM_KEYS if trunk_kind(ours) == "mtm" else ARCHITECTURE_KEYS
 
 
 def read_checkpoint(path: str) -> dict:
@@ -49,13 +74,17 @@ class Pretrained:
     model_config: dict
     state_dict: dict[str, torch.Tensor]
     obs_layout: SlotLayout | None  # None: not a multi-domain pretraining checkpoint
+    action_layout: SlotLayout | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str, ckpt: dict) -> Pretrained:
         # The pretraining DataModule stores its layouts in its own state (data/datamodules/pretrain.py).
-        layouts = [s["obs_layout"] for s in ckpt.values() if isinstance(s, dict) and "obs_layout" in s]
-        return cls(path, stored_model_config(ckpt.get("model_config", {})), ckpt["state_dict"],
-                   SlotLayout.from_dict(layouts[0]) if layouts else None)
+        states = [s for s in ckpt.values() if isinstance(s, dict) and "obs_layout" in s]
+        config = ckpt.get("model_config", {})
+        return cls(path, stored_model_config(config) if trunk_kind(config) == "gpt" else config, ckpt["state_dict"],
+                   SlotLayout.from_dict(states[0]["obs_layout"]) if states else None,
+                   SlotLayout.from_dict(states[0]["action_layout"]) if states and "action_layout" in states[0]
+                   else None)
 
 
 _last_read: tuple[tuple, Pretrained] | None = None  # one entry: the CLI's read and the module's are the same file
@@ -83,9 +112,11 @@ def forget_pretrained() -> None:
 def check_architecture(path: str, ckpt: dict, config: dict, what_to_do: str | None = None) -> None:
     """CheckpointError naming every ``ARCHITECTURE_KEYS`` value in which ``ckpt``'s model and ``config`` differ
     (a checkpoint older than a key counts with the value it was trained with, ``stored_model_config``)."""
-    theirs = stored_model_config(ckpt.get("model_config", {}))
-    diffs = [f"{k}: checkpoint {theirs[k]!r}, this run {config[k]!r}" for k in ARCHITECTURE_KEYS
-             if k in theirs and theirs[k] != config[k]]
+    theirs = ckpt.get("model_config", {})
+    if trunk_kind(theirs) == "gpt":
+        theirs = stored_model_config(theirs)
+    diffs = [f"{k}: checkpoint {theirs[k]!r}, this run {config[k]!r}" for k in architecture_keys(theirs, config)
+             if k in theirs and k in config and _plain(theirs[k]) != _plain(config[k])]
     if diffs:
         raise CheckpointError(
             f"{path} does not fit this model ({'; '.join(diffs)}). " + (what_to_do or
@@ -93,6 +124,10 @@ def check_architecture(path: str, ckpt: dict, config: dict, what_to_do: str | No
             "are in its config.yaml; older checkpoints used --model.position_encoding absolute), or train from "
             "scratch without --load_model_from.")
         )
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def load_weights(module: nn.Module, pretrained: Pretrained | str, exclude: Iterable[str] = (),

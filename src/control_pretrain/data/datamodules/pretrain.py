@@ -8,7 +8,9 @@ replay id 1..``--train_replay_id``, the first ``--num_steps`` steps (whole episo
 - frames stay uint8 until they reach the model, and are read lazily beyond ``pixel_cache_gb``;
 - every missing file is named before training starts, with the command that makes it;
 - state observations get per-dimension statistics of the training split (``obs_stats``, data/obs_stats.py),
-  which the module hands to the model (``normalize_obs``).
+  which the module hands to the model (``normalize_obs``);
+- heteromodal data (MTM, ``action_label_fraction``): the action-labelled episodes are a seeded random choice among
+  each file's training episodes, where the MTM reference took the first 5% in file order (mtm_maskdp.md §A.11 #4).
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def choose_labelled(train_episodes: np.ndarray, fraction: float, seed: tuple[int, ...]) -> np.ndarray:
+    """A seeded random ``max(1, round(fraction * n))`` of the n training episodes: those with action labels."""
+    count = max(1, round(fraction * len(train_episodes)))
+    return np.sort(np.random.default_rng(seed).choice(train_episodes, count, replace=False))
+
+
 class MultiTaskDataModule(LightningDataModule):
     def __init__(
         self,
@@ -58,6 +66,7 @@ class MultiTaskDataModule(LightningDataModule):
         cache_dir: str | None = None,
         cache_size_gb: float | None = None,
         normalize_obs: bool = True,
+        action_label_fraction: float = 1.0,
     ) -> None:
         """
         Args:
@@ -80,6 +89,8 @@ class MultiTaskDataModule(LightningDataModule):
                 $CONTROL_PRETRAIN_BLOB_CACHE_GB or 50.
             normalize_obs: normalise state observations per dimension with the mean and std of the training
                 split, per domain (the model applies them); false feeds raw observations, as before.
+            action_label_fraction: fraction of each file's training episodes whose actions are labelled (seeded
+                by split_seed); the others are served with zero actions and has_action false (heteromodal MTM).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -88,6 +99,9 @@ class MultiTaskDataModule(LightningDataModule):
             raise DatasetError(f"--source_data_type must be rand, full or mix, not '{source_data_type}'.")
         if val_replay_id is not None and 1 <= val_replay_id <= train_replay_id:
             raise DatasetError(f"--data.val_replay_id {val_replay_id} is also a training replay id (1..{train_replay_id}).")
+        if not 0 < action_label_fraction <= 1:
+            raise DatasetError(f"--data.action_label_fraction must be in (0, 1] (the fraction of training episodes "
+                               f"whose actions are labelled), not {action_label_fraction}.")
         self.tasks = [(d, t) for d, ts in load_task_set(multi_config).items() for t in ts]
         kinds = [KINDS[k] for k in (("rand", "full") if source_data_type == "mix" else (source_data_type,))]
         self.steps_per_file = num_steps // len(kinds)
@@ -149,13 +163,25 @@ class MultiTaskDataModule(LightningDataModule):
                 raise DatasetError(f"{p}: holds {f.domain}-{f.task} data, but its path says {self.tasks[ti]}.")
         return files
 
-    def _dataset(self, files, paths, episodes, cache_bytes: int) -> EpisodeWindowDataset:
+    def _dataset(self, files, paths, episodes, cache_bytes: int, labelled=None) -> EpisodeWindowDataset:
         hp = self.hparams
         return EpisodeWindowDataset(
             files, hp.context_length, episodes=episodes, task_ids=[ti for _, ti in paths],
             obs_layout=self.obs_layout, action_layout=self.action_layout, state=hp.obs_type == "state",
-            pixels=hp.obs_type == "pixels", pixel_cache_bytes=cache_bytes,
+            pixels=hp.obs_type == "pixels", pixel_cache_bytes=cache_bytes, labelled_episodes=labelled,
         )
+
+    def _labelled(self, files, train_eps) -> list[np.ndarray] | None:
+        """Per file, the action-labelled training episodes (None: all labelled, the default)."""
+        hp = self.hparams
+        if hp.action_label_fraction == 1:
+            return None
+        train_eps = [np.arange(f.index.num_episodes) if e is None else e for f, e in zip(files, train_eps)]
+        labelled = [choose_labelled(e, hp.action_label_fraction, (hp.split_seed, i, 1))
+                    for i, e in enumerate(train_eps)]
+        log.info("action labels on %d of %d training episodes (--data.action_label_fraction %g)",
+                 sum(map(len, labelled)), sum(map(len, train_eps)), hp.action_label_fraction)
+        return labelled
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -174,7 +200,7 @@ class MultiTaskDataModule(LightningDataModule):
             if any(len(s[1]) for s in splits):
                 # Same file objects, other episodes: the frames cached for training serve validation too.
                 self.val_set = self._dataset(files, self.train_paths, [s[1] for s in splits], 0)
-        self.train_set = self._dataset(files, self.train_paths, train_eps, cache)
+        self.train_set = self._dataset(files, self.train_paths, train_eps, cache, self._labelled(files, train_eps))
         if hp.normalize_obs and hp.obs_type == "state":
             # The whole training split on every rank (not a rank's share), so every rank gets the same numbers.
             start = time.perf_counter()
