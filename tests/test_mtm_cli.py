@@ -68,6 +68,8 @@ def test_every_mode_runs_from_the_mtm_checkpoint(mtm_ckpt, collected_dir, tmp_pa
     assert saved == json.loads(json.dumps(report))  # the file is what main returned
     assert saved["mode"] == mode and cli.model.hparams.mode == mode
     assert any(n.startswith("model.blocks.") for n in cli.model.loaded)  # the trunk came from the checkpoint
+    # finetuning masks came from the module's seeded generators, not the global RNG (the last one: the test's)
+    assert cli.model.objective("mtm").generator is cli.model.evaluation_generator
     if mode in ("bc", "rcbc"):
         assert len(saved["returns"]) == 2 and saved["model_type"] == mode
         if mode == "rcbc":

@@ -18,6 +18,7 @@ gets its own; the return token keeps the checkpoint's statistics, or takes the f
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from ..models.masked_trajectory import MaskedTrajectoryConfig, MaskedTrajectoryM
 from ..objectives.mtm import MaskedReconstructionConfig, MaskedReconstructionObjective
 from .control_module import NORMALIZER_PREFIX, ControlModule
 from .downstream_module import DownstreamModule
+from .mtm_module import VALIDATION_MASK_SEED, mask_seed
 from .weights import forget_pretrained, load_weights, read_pretrained
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,27 @@ class MTMDownstreamModule(DownstreamModule):
         if freeze_encoder:
             self.model.obs_encoder.requires_grad_(False)
         self.rtg_target: float | None = None  # rcbc: the constant average return token (set in ``setup``)
+        self.mask_generator, self.evaluation_generator = torch.Generator(), torch.Generator()
+
+    # Finetuning masks (a pattern's random query step) come from generators seeded as in pretraining
+    # (lit/mtm_module.py): per (seed, rank, step) in training, fixed in validation and test; never the global RNG,
+    # which DDP ranks share.
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        self.mask_generator.manual_seed(mask_seed(seed, self.global_rank, self.global_step))
+        self.objective("mtm").generator = self.mask_generator
+
+    def _evaluation_masks(self) -> None:
+        self.evaluation_generator.manual_seed(VALIDATION_MASK_SEED + self.global_rank)
+        self.objective("mtm").generator = self.evaluation_generator
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self._evaluation_masks()
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._evaluation_masks()
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Observations and actions into the domain's slots of the pretraining layouts, where it has them."""
