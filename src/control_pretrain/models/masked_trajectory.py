@@ -217,14 +217,17 @@ class MaskedTrajectoryModel(nn.Module):
             padding = padding.clone()
             padding[:, 0] = False
         x = self.drop(x)
-        biases = self._biases(self.encoder_bias if self.config.step_bias else None, positions, M, len(self.blocks))
+        # The single stack's positions are the same in every row: one (1, nh, L, L) bias broadcasts over the batch.
+        bias_positions = positions if self.config.mae_split else positions[:1]
+        biases = self._biases(self.encoder_bias if self.config.step_bias else None, bias_positions, M,
+                              len(self.blocks))
         for block, bias in zip(self.blocks, biases):
             x = block(x, key_padding_mask=padding if self.config.mae_split else None, attn_bias=bias)  # (B, L, C)
         return self.ln_f(x), positions, padding
 
     @staticmethod
     def _biases(table: StepOffsetBias | None, positions: Tensor, num_modalities: int, n_layer: int) -> list:
-        """Per layer, the (B, nh, L, L) attention bias of tokens at ``positions`` (B, L), or None."""
+        """Per layer, the (b, nh, L, L) attention bias of tokens at ``positions`` (b, L), or None."""
         return [None] * n_layer if table is None else list(table(positions, num_modalities))
 
     def forward(self, batch: dict[str, Tensor], visible: Tensor) -> dict[str, Tensor]:
@@ -241,7 +244,7 @@ class MaskedTrajectoryModel(nn.Module):
             x = states  # (B, KM, C): every position went through the encoder
         x = x.reshape(B, K, M, C) + self._positions(K, x.device, self.decoder_modality_emb)  # (B, K, M, C)
         x = x.reshape(B, K * M, C)
-        every = torch.arange(K * M, device=x.device).expand(B, -1)  # (B, KM)
+        every = torch.arange(K * M, device=x.device)[None]  # (1, KM): one bias for the whole batch
         biases = self._biases(self.decoder_bias if self.config.step_bias else None, every, M,
                               len(self.decoder_blocks))
         for block, bias in zip(self.decoder_blocks, biases):
