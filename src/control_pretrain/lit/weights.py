@@ -39,11 +39,15 @@ def trunk_kind(config: dict) -> str:
     return config.get("trunk", "gpt")
 
 
+# Settings a finetuning module takes from a checkpoint of its own trunk kind only, beyond the architecture keys.
+SAME_TRUNK_DEFAULTS = {"gpt": ("max_timestep",), "mtm": ("context_length", "mae_split")}
+
+
 def checkpoint_defaults(config: dict, module_trunk: str) -> dict:
     """The settings of a checkpoint's trunk that a finetuning module of kind ``module_trunk`` takes as defaults."""
     keys = architecture_keys(config, {"trunk": module_trunk})
-    keys += {"gpt": ("max_timestep",), "mtm": ("context_length", "mae_split")}[module_trunk] \
-        if trunk_kind(config) == module_trunk else ()
+    if trunk_kind(config) == module_trunk:
+        keys += SAME_TRUNK_DEFAULTS[module_trunk]
     return {k: _plain(config[k]) for k in keys if k in config}
 
 
