@@ -8,10 +8,13 @@ the last and the best checkpoint are evaluated in dm_control on held-out seeds a
 ``{output_dir}/eval_results.json``. Presets: ``--config configs/downstream/bc.yaml`` (also ``rtg.yaml``,
 ``few_shot.yaml``), with any flag after it overriding the preset.
 
-``--mode bc|rcbc|id|fd|probes`` says what to do with the checkpoint: bc and rcbc finetune (unless ``--epochs 0``)
-and run rollouts (for SMART checkpoints they are ``--model_type naive`` and ``reward_conditioned``); id, fd and
-probes report offline MSE on held-out episodes and need an MTM checkpoint (lit/mtm_downstream_module.py), whose
-module is chosen from the checkpoint (or with ``--method mtm`` from scratch).
+``--mode bc|rcbc|id|fd|probes|goal|multigoal|prompt`` says what to do with the checkpoint: bc and rcbc finetune
+(unless ``--epochs 0``) and run rollouts (for SMART checkpoints they are ``--model_type naive`` and
+``reward_conditioned``); id, fd and probes report offline MSE on held-out episodes; goal, multigoal and prompt
+reach held-out goals and continue held-out prompts in dm_control (MaskDP's zero-shot uses, eval/goal_report.py).
+These need a masked checkpoint (MTM or MaskDP, lit/mtm_downstream_module.py), whose module is chosen from the
+checkpoint (or with ``--method mtm|maskdp`` from scratch). ``--method smart`` with a masked checkpoint is MaskDP's
+causal finetuning: SMART's causal control transformer starts from the checkpoint's encoders and blocks.
 """
 
 import sys
@@ -19,6 +22,7 @@ import sys
 from control_pretrain.cli.train import argv_value, drop_flag, run_cli
 from control_pretrain.data.datamodules.downstream import DownstreamDataModule
 from control_pretrain.errors import ArgumentError, UserError
+from control_pretrain.eval.goal_report import GOAL_MODES, goal_report, headline
 from control_pretrain.eval.report import final_report, offline_report
 from control_pretrain.lit.downstream_module import DownstreamModule
 from control_pretrain.lit.mtm_downstream_module import OFFLINE_MODES, MTMDownstreamModule
@@ -49,21 +53,23 @@ MTM_MODES = {"naive": "bc", "reward_conditioned": "rcbc"}  # and back, for --mod
 
 
 def choose_module(argv: list[str]) -> tuple[type, list[str]]:
-    """The finetuning module (MTM for an MTM checkpoint or ``--method mtm``, else SMART's) and argv with
+    """The finetuning module (the masked one for an MTM or MaskDP checkpoint or ``--method mtm|maskdp``, else
+    SMART's: ``--method smart`` finetunes a masked checkpoint's encoders and blocks causally) and argv with
     ``--mode``/``--method`` turned into its flags."""
     argv, mode = drop_flag(argv, ("--mode",))
     argv, method = drop_flag(argv, ("--method",))
     ckpt = argv_value(argv, "--load_model_from") or argv_value(argv, "--model.load_model_from")
     trunk = trunk_kind(read_pretrained(ckpt).model_config) if ckpt else "gpt"
-    if method not in (None, "smart", "mtm"):
-        raise ArgumentError(f"--method {method}: finetuning knows smart and mtm.")
-    if method == "mtm" or (method is None and trunk == "mtm"):
+    if method not in (None, "smart", "mtm", "maskdp"):
+        raise ArgumentError(f"--method {method}: finetuning knows smart, mtm and maskdp.")
+    if method in ("mtm", "maskdp") or (method is None and trunk == "mtm"):
         argv, model_type = drop_flag(argv, ("--model_type", "--model.model_type"))
         mode = mode or MTM_MODES.get(model_type or "naive", model_type)
-        return MTMDownstreamModule, [*argv, "--model.mode", mode]
-    if mode in OFFLINE_MODES:
-        raise ArgumentError(f"--mode {mode} needs a masked trajectory (MTM) checkpoint; {ckpt or 'this run'} is a SMART "
-                        "control transformer, which has --mode bc and rcbc.")
+        scratch = ["--model.modalities", "[obs, act]"] if method == "maskdp" and not ckpt else []
+        return MTMDownstreamModule, [*scratch, *argv, "--model.mode", mode]
+    if mode in OFFLINE_MODES + GOAL_MODES:
+        raise ArgumentError(f"--mode {mode} needs a masked trajectory (MTM, MaskDP) checkpoint; {ckpt or 'this run'} "
+                            "is a SMART control transformer, which has --mode bc and rcbc.")
     if mode is not None and mode not in SMART_MODES:
         raise ArgumentError(f"--mode {mode}: expected bc or rcbc for SMART checkpoints, or id, fd, probes with MTM ones.")
     return DownstreamModule, argv + (["--model.model_type", SMART_MODES[mode]] if mode else [])
@@ -79,6 +85,13 @@ def main(argv: list[str] | None = None):
     cli = run_cli(module, DownstreamDataModule, FLAGS, SWITCHES,
                   trainer_defaults={"max_epochs": 30, "gradient_clip_val": 1.0, "default_root_dir": "outputs/downstream"},
                   description=__doc__, argv=argv, downstream=True)
+    if cli.model.hparams.get("mode") in GOAL_MODES:
+        report = goal_report(cli.trainer, cli.model, cli.datamodule, cli.trainer.default_root_dir)
+        if cli.trainer.is_global_zero:
+            for loop, summary in report["loops"].items():
+                print(f"{report['domain']}-{report['task']} {report['mode']} ({loop} loop): {headline(summary)} over "
+                      f"{report['num']} held-out {'prompts' if report['mode'] == 'prompt' else 'pairs'}", file=sys.stdout)
+        return cli, report
     if cli.model.hparams.get("mode") in OFFLINE_MODES:
         report = offline_report(cli.trainer, cli.model, cli.datamodule, cli.trainer.default_root_dir)
         if cli.trainer.is_global_zero:

@@ -8,8 +8,9 @@ The original README's commands run verbatim, e.g.
 
 ``--method NAME`` (default ``smart``) loads the method preset ``configs/methods/NAME.yaml`` first; ``--config``
 files and flags stack on top of it (last wins). ``--method mtm`` trains MTM's masked trajectory model instead of
-SMART's control transformer (lit/mtm_module.py). ``--model_type`` is accepted for the original command lines and
-ignored: pretraining trains no policy head.
+SMART's control transformer (lit/mtm_module.py); ``--method maskdp`` trains the same model over
+(observation, action) tokens with MaskDP's mask (configs/methods/maskdp.yaml). ``--model_type`` is accepted for the
+original command lines and ignored: pretraining trains no policy head.
 """
 
 import logging
@@ -29,7 +30,7 @@ FLAGS = {
 }
 
 DEFAULT_METHOD = "smart"
-MODULES = {"mtm": MTMPretrainModule}  # the LightningModule of each method whose trunk is not SMART's
+MODULES = {"mtm": MTMPretrainModule, "maskdp": MTMPretrainModule}  # the LightningModule of each method whose trunk is not SMART's
 log = logging.getLogger("dmc_pretrain")
 
 

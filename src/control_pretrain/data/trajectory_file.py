@@ -103,5 +103,13 @@ class TrajectoryFile:
     def action_dim(self) -> int:
         return self.actions.shape[1]
 
+    def read_physics(self) -> np.ndarray:
+        """(N, state_dim) float32 recorded simulator states (goal reaching restores them), read once."""
+        if getattr(self, "_physics", None) is None:
+            path = storage.local_path(self.path) if storage.is_remote(self.path) else self.path
+            with open_h5(path) as h5:
+                self._physics = h5["physics"][: self.num_steps]
+        return self._physics
+
     def episode_returns(self) -> np.ndarray:
         return self.index.episode_sums(self.rewards)

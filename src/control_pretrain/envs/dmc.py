@@ -131,6 +131,15 @@ class DMCEnv:
     def set_task_rng_state(self, state: dict) -> None:
         self._env.task.random.set_state(state)
 
+    def restore(self, physics_state: np.ndarray) -> np.ndarray:
+        """Start an episode at a recorded ``physics.get_state()`` (goal reaching from dataset states) and return
+        the observation the task reads from it."""
+        if self._last_time_step is None or self._last_time_step.last():
+            self.reset()  # a fresh step counter for the time limit
+        with self.physics.reset_context():  # runs mj_forward, so derived quantities match the state
+            self.physics.set_state(np.asarray(physics_state, dtype=np.float64))
+        return self._flat_obs(self._env.task.get_observation(self.physics))
+
     def physics_state(self) -> np.ndarray:
         return self.physics.get_state().astype(np.float32)
 

@@ -7,6 +7,7 @@
 | ``rcbc`` | as bc, plus every return token | a_{K-1} |
 | ``id`` | every state | a_{K-2} |
 | ``fd`` | s_0..s_{K-2}, a_0..a_{K-2} | s_{K-1} |
+| ``goal`` | s_0 and s_{K-1} | a_0 (MaskDP's closed-loop goal query, §B.6) |
 
 Actions are scored by MSE in raw units over the domain's action dims, observations in z-units (the training
 split's statistics) over the domain's observation dims, as the MLP specialists are (the same positions and
@@ -23,12 +24,13 @@ from ..models.token_masks import pattern
 from ..objectives.base import action_loss
 from ..objectives.mtm import dim_weights
 
-# probe -> (mask pattern, query step from the end, scored modality, scored step from the end)
+# probe -> (mask pattern, query step, scored modality, scored step), steps as Python indices into the window
 PROBES: dict[str, tuple[str, int, str, int]] = {
-    "bc": ("bc", 1, "act", 1),
-    "rcbc": ("rcbc", 1, "act", 1),
-    "id": ("id", 2, "act", 2),
-    "fd": ("fd", 2, "obs", 1),
+    "bc": ("bc", -1, "act", -1),
+    "rcbc": ("rcbc", -1, "act", -1),
+    "id": ("id", -2, "act", -2),
+    "fd": ("fd", -2, "obs", -1),
+    "goal": ("goal", -1, "act", 0),
 }
 
 
@@ -45,10 +47,10 @@ def probe_errors(model, batch: dict[str, Tensor], names: list[str] | None = None
     targets = model.targets(batch)
     out = {}
     for name in names or probe_names(model.modalities):
-        mask, query_back, modality, scored_back = PROBES[name]
-        visible = pattern(mask, B, K, model.modalities, query=K - query_back, device=device)
-        pred = model(batch, visible)[modality][:, K - scored_back]  # (B, F)
-        target = targets[modality][:, K - scored_back]  # (B, F)
+        mask, query, modality, scored = PROBES[name]
+        visible = pattern(mask, B, K, model.modalities, query=query % K, device=device)
+        pred = model(batch, visible)[modality][:, scored]  # (B, F)
+        target = targets[modality][:, scored]  # (B, F)
         if modality == "act":
             out[name] = action_loss(pred[:, None], target[:, None], batch.get("action_mask"))
         else:

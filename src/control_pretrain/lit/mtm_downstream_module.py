@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from ..errors import ArgumentError
+from ..eval.goal_policies import MaskedGoalPolicy
+from ..eval.goal_report import GOAL_MODES, GoalEvalConfig
 from ..eval.masked_probes import mean_probe_errors, probe_errors, probe_names
 from ..eval.policies import MaskedTrajectoryPolicy
 from ..models.masked_trajectory import MaskedTrajectoryConfig, MaskedTrajectoryModel
@@ -37,7 +39,9 @@ log = logging.getLogger(__name__)
 
 ROLLOUT_MODES = ("bc", "rcbc")
 OFFLINE_MODES = ("id", "fd", "probes")
-FINETUNE_MASKS = {"bc": "bc", "rcbc": "rcbc", "id": "id", "fd": "fd", "probes": "mtm_auto"}
+FINETUNE_MASKS = {"bc": "bc", "rcbc": "rcbc", "id": "id", "fd": "fd", "probes": "mtm_auto", "goal": "maskdp",
+                  "multigoal": "maskdp", "prompt": "maskdp"}
+MODES = ROLLOUT_MODES + OFFLINE_MODES + GOAL_MODES
 
 
 class MTMDownstreamModule(DownstreamModule):
@@ -66,6 +70,7 @@ class MTMDownstreamModule(DownstreamModule):
         history: int = -1,
         target_return: float | None = None,
         target_quantile: float = 0.9,
+        goal: GoalEvalConfig | None = None,
         eval_episodes: int = 50,
         eval_seed: int = 1000,
         test_seed: int = 2000,
@@ -82,7 +87,8 @@ class MTMDownstreamModule(DownstreamModule):
         Args:
             domain: dm_control domain (set from --data.domain).
             task: dm_control task (set from --data.task).
-            mode: bc, rcbc (rollouts), id, fd or probes (offline MSE on held-out episodes).
+            mode: bc, rcbc (rollouts), id, fd or probes (offline MSE on held-out episodes), goal, multigoal or
+                prompt (zero-shot goal reaching and prompting from held-out states, MaskDP).
             obs_type: state or pixels.
             obs_dim: the task's observation width (set from the data).
             action_dim: the task's action width (set from the data).
@@ -105,6 +111,8 @@ class MTMDownstreamModule(DownstreamModule):
                 average return token); default: target_quantile of the training episodes.
             target_quantile: rcbc without target_return: this quantile of the selected training episodes' mean
                 reward per step.
+            goal: goal, multigoal, prompt: how pairs, goal sequences and prompts are drawn from the held-out replay
+                and scored (eval/goal_report.py GoalEvalConfig: pairs, horizon, extra_steps, loops, ...).
             eval_episodes: rollouts per evaluation (selection after each validation, and the final report).
             eval_seed: first environment seed of the rollouts that pick the best checkpoint.
             test_seed: first environment seed of the final report's rollouts (disjoint from selection).
@@ -119,8 +127,10 @@ class MTMDownstreamModule(DownstreamModule):
         """
         ControlModule.__init__(self)  # DownstreamModule's own __init__ builds SMART's trunk; its methods are reused
         self.save_hyperparameters()
-        if mode not in ROLLOUT_MODES + OFFLINE_MODES:
-            raise ArgumentError(f"--mode {mode}: expected one of {ROLLOUT_MODES + OFFLINE_MODES}.")
+        if mode not in MODES:
+            raise ArgumentError(f"--mode {mode}: expected one of {MODES}.")
+        if mode in GOAL_MODES and obs_type != "state":
+            raise ArgumentError(f"--mode {mode} measures distances between state observations; use --obs_type state.")
         if mode == "rcbc" and "rtg" not in modalities:
             raise ArgumentError("--mode rcbc needs a model with return tokens (modalities obs, rtg, act).")
         pretrained = read_pretrained(load_model_from) if load_model_from else None
@@ -221,6 +231,12 @@ class MTMDownstreamModule(DownstreamModule):
         return MaskedTrajectoryPolicy(self.model, self.objective("mtm"),
                                       self.rtg_target if hp.mode == "rcbc" else None, history,
                                       obs_layout=self.obs_layout, action_layout=self.action_layout)
+
+    def make_goal_policy(self, history: int) -> MaskedGoalPolicy:
+        """The goal and prompt modes' policy: the model's goal query (eval/goal_policies.py)."""
+        dm = self.trainer.datamodule
+        return MaskedGoalPolicy(self.model, self.hparams.domain, dm.obs_dim, dm.action_dim, history,
+                                obs_layout=self.obs_layout, action_layout=self.action_layout)
 
     def configure_callbacks(self) -> list:
         return super().configure_callbacks() if self.hparams.mode in ROLLOUT_MODES else []

@@ -48,7 +48,10 @@ def checkpoint_defaults(config: dict, module_trunk: str) -> dict:
     keys = architecture_keys(config, {"trunk": module_trunk})
     if trunk_kind(config) == module_trunk:
         keys += SAME_TRUNK_DEFAULTS[module_trunk]
-    return {k: _plain(config[k]) for k in keys if k in config}
+    defaults = {k: _plain(config[k]) for k in keys if k in config}
+    if module_trunk == "gpt" and trunk_kind(config) == "mtm" and "n_enc_layer" in config:
+        defaults["n_layer"] = config["n_enc_layer"]  # causal finetuning of a masked checkpoint: its encoder blocks
+    return defaults
 
 
 def architecture_keys(theirs: dict, ours: dict) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ from ``--seed_everything`` and the rank (never the global RNG, which the referen
 keeps its state in checkpoints.
 
 Deviation from MTM: masks are drawn **per sample** (``per_sample=True``); ``per_sample=False`` reproduces the
-reference, whose one mask is shared by the whole batch (§A.11 #1).
+reference, whose one mask is shared by the whole batch (§A.11 #1). MaskDP's sampler (``maskdp``, §B.4) hides a
+fraction of the joint token sequence; its ratios are the fraction HIDDEN, as in the paper, converted here only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 MODALITIES: tuple[str, ...] = ("obs", "rtg", "act")  # the within-step order of MTM's autoregressive cut
-PATTERNS: tuple[str, ...] = ("bc", "rcbc", "id", "fd", "random")  # the specialised masks (S-MTM, probes)
+PATTERNS: tuple[str, ...] = ("bc", "rcbc", "id", "fd", "goal", "random")  # the specialised masks (S-MTM, probes)
 
 
 def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
@@ -70,6 +71,23 @@ def mtm_auto(batch_size: int, num_steps: int, modalities: Sequence[str] = MODALI
     return keep & ~autoregressive_cut(batch_size, num_steps, modalities, mode_weights, per_sample, generator, device)
 
 
+def maskdp(batch_size: int, num_steps: int, num_modalities: int,
+           mask_ratios: Sequence[float] = (0.15, 0.35, 0.55, 0.75, 0.95), per_sample: bool = True,
+           generator: torch.Generator | None = None, device=None) -> Tensor:
+    """MaskDP's mask (Liu et al. 2022, §B.4): a hidden fraction r drawn from ``mask_ratios`` and exactly
+    floor(K M (1 - r)) visible tokens chosen uniformly over the joint K M sequence, so states and actions are hidden
+    independently. The tokens are drawn per sample; ``per_sample`` draws r per sample too (the reference draws
+    one r per update: ``per_sample=False``). High ratios matter: a goal query shows 2 of 2(T+1) tokens. (B, K, M)."""
+    L = num_steps * num_modalities
+    ratios = torch.as_tensor(list(mask_ratios), dtype=torch.float64, device=device)
+    if ((ratios < 0) | (ratios > 1)).any():
+        raise ValueError(f"mask_ratios {list(mask_ratios)} are hidden fractions: each must lie in [0, 1]")
+    pick = torch.randint(len(ratios), (batch_size if per_sample else 1,), generator=generator, device=device)
+    counts = (L * (1 - ratios[pick]) + 1e-9).floor().long().expand(batch_size)  # (B,); 1e-9: 64 * 0.75 is 48
+    rank = _uniform((batch_size, L), generator, device).argsort(-1).argsort(-1)  # (B, L) a random permutation
+    return (rank < counts[:, None]).reshape(batch_size, num_steps, num_modalities)  # (B, K, M)
+
+
 def pattern(name: str, batch_size: int, num_steps: int, modalities: Sequence[str] = MODALITIES,
             query: Tensor | int | None = None, keep_ratios: Sequence[float] = (0.5, 0.75, 1.0),
             generator: torch.Generator | None = None, device=None) -> Tensor:
@@ -78,6 +96,7 @@ def pattern(name: str, batch_size: int, num_steps: int, modalities: Sequence[str
     - bc: s_0..s_q and a_0..a_{q-1} (predict a_q); rcbc: the same plus every return token;
     - id: every state, no action, no return (predict the actions);
     - fd: s_0..s_q and a_0..a_q (predict s_{q+1}; q < K-1);
+    - goal: s_0 and the goal s_q only (predict a_0..a_{q-1}; q >= 1): MaskDP's goal query (§B.6);
     - random: random_keep with ``keep_ratios``.
 
     The probes read the same patterns at a fixed q, and S-MTM trains on them with a random q, so a specialist is
@@ -95,10 +114,14 @@ def pattern(name: str, batch_size: int, num_steps: int, modalities: Sequence[str
         visible[..., idx["obs"]] = True
         return visible
     high = num_steps - 1 if name == "fd" else num_steps  # fd needs a next state to predict
+    low = 1 if name == "goal" else 0  # a goal lies ahead
     if query is None:
-        query = torch.randint(high, (batch_size,), generator=generator, device=device)
+        query = torch.randint(low, high, (batch_size,), generator=generator, device=device)
     q = torch.as_tensor(query, device=device).expand(batch_size)[:, None]  # (B, 1)
     steps = torch.arange(num_steps, device=device)[None, :]  # (1, K)
+    if name == "goal":
+        visible[..., idx["obs"]] = (steps == 0) | (steps == q)
+        return visible
     visible[..., idx["obs"]] = steps <= q
     visible[..., idx["act"]] = steps <= q if name == "fd" else steps < q
     if name == "rcbc":

@@ -24,7 +24,8 @@ from ..models import token_masks
 from ..models.ema import ema_update
 from .base import Objective
 
-MASKS = ("mtm_auto", *token_masks.PATTERNS)
+MASKS = ("mtm_auto", "maskdp", *token_masks.PATTERNS)
+OBS_TARGETS = ("zscore", "l2")
 
 
 @dataclass
@@ -32,9 +33,11 @@ class MaskedReconstructionConfig:
     masks: list[str] = field(default_factory=lambda: ["mtm_auto"])  # samplers; several: one per sample, uniformly
     keep_ratios: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0])  # VISIBLE
     mode_weights: dict[str, float] = field(default_factory=lambda: {"obs": 0.2, "rtg": 0.1, "act": 0.7})  # cut
+    mask_ratios: list[float] = field(default_factory=lambda: [0.15, 0.35, 0.55, 0.75, 0.95])  # maskdp: HIDDEN
     per_sample: bool = True  # false: one mask for the whole batch, as the reference (§A.11 #1)
     loss_on: str = "all"  # all (MTM) or masked (hidden tokens only)
     modality_weights: dict[str, float] = field(default_factory=lambda: {"obs": 1.0, "rtg": 1.0, "act": 1.0})
+    obs_target: str = "zscore"  # state targets: zscore (MTM), or l2: the z-scored state divided by its norm (MaskDP)
     ema_tau: float = 0.005  # pixels: the target CNN's EMA rate per optimiser step
 
     def __post_init__(self) -> None:
@@ -43,6 +46,8 @@ class MaskedReconstructionConfig:
             raise ValueError(f"masks {list(self.masks)}: expected a non-empty list of {MASKS}")
         if self.loss_on not in ("all", "masked"):
             raise ValueError(f"loss_on must be 'all' or 'masked', got {self.loss_on!r}")
+        if self.obs_target not in OBS_TARGETS:
+            raise ValueError(f"obs_target must be one of {OBS_TARGETS}, got {self.obs_target!r}")
 
 
 class MaskedReconstructionObjective(Objective):
@@ -67,6 +72,8 @@ class MaskedReconstructionObjective(Objective):
         for name in cfg.masks:
             if name == "mtm_auto":
                 drawn.append(token_masks.mtm_auto(B, K, modalities, cfg.keep_ratios, weights, cfg.per_sample, gen))
+            elif name == "maskdp":
+                drawn.append(token_masks.maskdp(B, K, len(modalities), cfg.mask_ratios, cfg.per_sample, gen))
             else:
                 drawn.append(token_masks.pattern(name, B, K, modalities, keep_ratios=cfg.keep_ratios, generator=gen))
         visible = drawn[0]
@@ -82,10 +89,13 @@ class MaskedReconstructionObjective(Objective):
         if visible is None:
             visible = self.sample_visible(batch, model.modalities, cache.get("generator"))
         self.last_visible = visible  # what this step showed (tests, tests/ddp_probe.py)
+        cfg = self.config
         preds = model(batch, visible)  # (B, K, F_m) per modality
         targets = model.targets(batch)
+        if cfg.obs_target == "l2":
+            targets["obs"] = unit_norm(targets["obs"], dim_weights(model, batch, "obs"), model.config.obs_type)
         available = availability(batch, model.modalities)  # (B, 1, M) or None
-        cfg, out, total = self.config, {}, 0.0
+        out, total = {}, 0.0
         for i, m in enumerate(model.modalities):
             dims = dim_weights(model, batch, m)  # (B, F_m) which dims count
             err = ((preds[m] - targets[m]).square() * dims[:, None]).sum(-1) / dims.sum(-1, keepdim=True)  # (B, K)
@@ -126,6 +136,15 @@ def dim_weights(model, batch: dict[str, Tensor], modality: str) -> Tensor:
     if width is None:
         width = model.config.obs_dim if model.config.obs_type == "state" else model.config.n_embd
     return torch.ones(B, width, device=batch["actions"].device)
+
+
+def unit_norm(obs: Tensor, dims: Tensor, obs_type: str) -> Tensor:
+    """MaskDP's state target (``norm: l2``, §B.4): each (B, K, D) state divided by its L2 norm over its domain's
+    dims ``dims`` (B, D). Deviation: of the z-scored state; the reference normalises raw states (§B.8 #4)."""
+    if obs_type != "state":
+        raise ValueError("obs_target l2 applies to state observations; pixel targets are the EMA encoder's latents")
+    norm = (obs.square() * dims[:, None]).sum(-1, keepdim=True).sqrt()  # (B, K, 1)
+    return obs / norm.clamp_min(1e-6)
 
 
 def masked_mean(values: Tensor, where: Tensor) -> Tensor:
