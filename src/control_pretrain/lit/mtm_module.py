@@ -101,6 +101,8 @@ class MTMPretrainModule(ControlModule):
                                         context_length=context_length, dropout=dropout, mae_split=mae_split,
                                         step_bias=step_bias, modalities=tuple(modalities))
         self.build_model(MaskedTrajectoryModel(config), compile)
+        if isinstance(objective, dict):  # hyperparameters read back from a plain (weights-only) file
+            objective = MaskedReconstructionConfig(**objective)
         self.add_objective(MaskedReconstructionObjective(config=objective or MaskedReconstructionConfig()))
         if probe_batches < -1:
             raise ArgumentError(f"--model.probe_batches {probe_batches}: expected -1 (every validation batch), 0 "
