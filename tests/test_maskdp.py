@@ -13,8 +13,14 @@ from control_pretrain.data.schema import dataset_path
 from control_pretrain.data.trajectory_file import TrajectoryFile
 from control_pretrain.envs.dmc import make_env
 from control_pretrain.eval.goal_policies import MaskedGoalPolicy
-from control_pretrain.eval.goal_reaching import (multi_goal_task, per_goal_min, prompt_task, run_goal_task,
-                                                 single_goal_task, summarize_goal_results)
+from control_pretrain.eval.goal_reaching import (
+    multi_goal_task,
+    per_goal_min,
+    prompt_task,
+    run_goal_task,
+    single_goal_task,
+    summarize_goal_results,
+)
 from control_pretrain.models import token_masks
 from control_pretrain.models.masked_trajectory import MaskedTrajectoryConfig, MaskedTrajectoryModel
 
@@ -121,7 +127,7 @@ def test_replaying_the_recorded_actions_reaches_the_recorded_goal(walker_data):
     np.testing.assert_array_equal(task.goal_obs[:, 0], file.observations[task.starts + h])
     same = file.index.episode_of_step()
     assert (same[task.starts] == same[task.starts + h]).all()
-    env_fn = lambda seed: make_env("walker", "walk", seed=seed)  # noqa: E731
+    env_fn = lambda seed: make_env("walker", "walk", seed=seed)
     closed = ClosedReplay(file, task.starts, 1)
     res = run_goal_task(closed, env_fn, task, closed_loop=True)
     assert closed.calls == task.num_steps.max()
@@ -182,5 +188,5 @@ def test_every_zero_shot_mode_and_causal_finetuning_through_the_cli(walker_data,
                      "--trainer.limit_val_batches", "1", "--eval_episodes", "1", "--select_rate", "1",
                      "--output_dir", str(tmp_path / "causal"), *common)
     assert res.returncode == 0, res.stderr[-3000:]
-    loaded = [line for line in res.stderr.splitlines() if "loaded" in line and "tensors from" in line][0]
+    loaded = next(line for line in res.stderr.splitlines() if "loaded" in line and "tensors from" in line)
     assert "model.blocks.*" in loaded and "model.obs_encoder.*" in loaded  # the masked encoder, now causal

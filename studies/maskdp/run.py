@@ -141,10 +141,11 @@ def run(tasks: list[str], methods: list[str], seeds: list[int]) -> None:
 
 
 def report() -> str:
-    rows = ["| task | method | goal closed (obs / physics) | goal open | multigoal closed | multigoal open | "
-            "prompt reward ratio |", "|---|---|---|---|---|---|---|"]
+    rows = [("| task | method | goal closed (obs / physics) | goal open | multigoal closed | multigoal open | "
+             "prompt reward ratio |"), "|---|---|---|---|---|---|---|"]
     for fname in sorted(os.listdir(RESULTS)):
-        r = json.load(open(os.path.join(RESULTS, fname)))
+        with open(os.path.join(RESULTS, fname)) as f:
+            r = json.load(f)
 
         def dist(mode, loop, r=r):
             s = r.get(mode, {}).get("loops", {}).get(loop)
