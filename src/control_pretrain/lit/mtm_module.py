@@ -5,7 +5,7 @@
 Shared with SMART (lit/control_module.py): the data, the observation statistics (stored in the checkpoint and
 ``obs_stats.json``), AdamW without decay on biases, norms, embeddings and mask tokens, warmup + cosine, the
 checkpoint's ``model_config``. Added here: the return token's statistics, the per-rank mask generator, and the
-offline probes on held-out episodes (``val/probe_{bc,rcbc,id,fd}_mse``, eval/masked_probes.py).
+offline probes on held-out episodes (``val/probe_{bc,rcbc,id,fd,goal}_mse``, eval/masked_probes.py).
 
 Deviations from facebookresearch/mtm ``train.py``: masks per sample; seeded per rank and step, never the global
 RNG, so a resumed run draws the masks it would have drawn (the reference's resume picked checkpoints by string
