@@ -20,7 +20,7 @@ TINY = ["--multi_config", "configs/pretrain_configs/multipretrain_source_test.js
         "6", "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.limit_train_batches", "3",
         "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1", "--quiet"]
 TINY_MTM = ["--method", "mtm", *TINY, "--model.n_enc_layer", "1", "--model.n_dec_layer", "1"]
-PROBES = ("bc", "rcbc", "id", "fd")
+PROBES = ("bc", "rcbc", "id", "fd", "goal")
 
 
 @pytest.fixture(scope="module")

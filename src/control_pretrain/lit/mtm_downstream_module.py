@@ -9,6 +9,8 @@ the task's data with the mode's own mask (bc, rcbc, id, fd; probes: MTM's random
   default, the ``target_quantile`` of the selected training episodes' mean reward per step; both are reported.
 - id / fd / probes: offline MSE on the held-out replay's episodes (eval/masked_probes.py), written to
   ``eval_results.json`` as ``{"mode", "checkpoint", "metrics", "episodes", "seeds"}`` (DESIGN.md).
+- goal / multigoal / prompt (MaskDP's zero-shot uses): ``MaskedGoalPolicy`` (eval/goal_policies.py) from recorded
+  states of the held-out replay, ``--model.goal.*`` (eval/goal_report.py); finetuning uses MaskDP's mask.
 
 Observation slots and statistics follow SMART's finetuning (lit/downstream_module.py, whose ``setup``,
 ``prepare`` and seeds this module reuses): a seen domain keeps its pretraining slot and statistics, an unseen one

@@ -1,4 +1,5 @@
-"""MTM pretraining (Wu et al., ICML 2023; mtm_maskdp.md Part A): the masked trajectory model
+"""MTM pretraining (Wu et al., ICML 2023; mtm_maskdp.md Part A), and MaskDP's (``--method maskdp``, Part B: the
+same module over (obs, act) tokens with MaskDP's mask, configs/methods/maskdp.yaml): the masked trajectory model
 (models/masked_trajectory.py) trained to reconstruct windows of the multi-task data from random visible subsets
 (objectives/mtm.py), ``python src/dmc_pretrain.py --method mtm``.
 
