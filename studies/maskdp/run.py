@@ -19,6 +19,7 @@ Usage:
       --replay_id 2 --data_dir_prefix data/maskdp
   python studies/maskdp/run.py --tasks walker-walk --only maskdp,goal-mlp,goal-gpt   # some cells
   python studies/maskdp/run.py --report                                              # the table
+  python studies/maskdp/run.py --preset gpu                                          # the paper's sizes, on a GPU
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ PRESET = {
     "model": ["--model.n_embd", "128", "--model.n_head", "4", "--model.n_enc_layer", "2", "--model.n_dec_layer", "1",
               "--model.lr", "0.0006"],
 }
+# The paper's sizes (256 wide, 3 + 2 layers, K = 64, batch 384) for a lent GPU, at 50k of its 400k steps.
+GPU_PRESET = {**PRESET, "name": "gpu", "context_length": 64, "batch_size": 384, "steps": 50_000,
+              "model": ["--model.n_embd", "256", "--model.n_head", "4", "--model.n_enc_layer", "3",
+                        "--model.n_dec_layer", "2", "--model.lr", "0.0003", "--trainer.accelerator", "gpu"]}
 METHODS = ("maskdp", "goal-mlp", "goal-gpt", "maskdp-r0.15", "maskdp-r0.5", "maskdp-r0.95")
 RESULTS = os.path.join(HERE, "results", PRESET["name"], "cells")
 
@@ -115,7 +120,8 @@ def cell(domain: str, task: str, method: str, seed: int, out: str) -> dict:
     dm.setup("fit")
     mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in (dm.obs_stats.mean, dm.obs_stats.std))
     train = train_goal_mlp if method == "goal-mlp" else train_goal_gpt
-    model, losses = train(dm, mean, std, PRESET["steps"], seed=seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, losses = train(dm, mean.to(device), std.to(device), PRESET["steps"], seed=seed, device=device)
     policy = GoalMLPPolicy(model) if method == "goal-mlp" else GoalGPTPolicy(model)
     return {"train": losses, **evaluate(policy, domain, task, ["goal", "multigoal"], ["closed"])}
 
@@ -143,7 +149,7 @@ def run(tasks: list[str], methods: list[str], seeds: list[int]) -> None:
 def report() -> str:
     rows = [("| task | method | goal closed (obs / physics) | goal open | multigoal closed | multigoal open | "
              "prompt reward ratio |"), "|---|---|---|---|---|---|---|"]
-    for fname in sorted(os.listdir(RESULTS)):
+    for fname in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
         with open(os.path.join(RESULTS, fname)) as f:
             r = json.load(f)
 
@@ -166,8 +172,13 @@ def main() -> None:
     p.add_argument("--tasks", default="walker-walk,walker-stand,cheetah-run")
     p.add_argument("--only", default=",".join(METHODS))
     p.add_argument("--seeds", default="1")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--report", action="store_true")
     a = p.parse_args()
+    if a.preset == "gpu":
+        global RESULTS
+        PRESET.update(GPU_PRESET)
+        RESULTS = os.path.join(HERE, "results", "gpu", "cells")
     if not a.report:
         run(a.tasks.split(","), a.only.split(","), [int(s) for s in a.seeds.split(",")])
     print(report())
