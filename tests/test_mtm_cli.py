@@ -86,7 +86,7 @@ def test_smart_checkpoints_have_no_offline_modes(collected_dir, tmp_path):
     ckpt = tmp_path / "smart" / "checkpoints" / "last.ckpt"
     res = run_script("dmc_downstream.py", "--load_model_from", str(ckpt), "--mode", "id", "--domain", "cartpole",
                      "--task", "swingup", "--data_dir_prefix", str(collected_dir), "--output_dir", str(tmp_path / "x"))
-    assert res.returncode == 2 and "--mode id needs a masked trajectory (MTM) checkpoint" in res.stderr
+    assert res.returncode == 2 and "--mode id needs a masked trajectory (MTM, MaskDP) checkpoint" in res.stderr
     assert "Traceback" not in res.stderr
 
 
