@@ -57,7 +57,8 @@ def masked(method: str):
     return build
 
 
-EMA_OBJECTIVES = {"forward", "maskdp"}  # pixel targets: the EMA encoder, moved by the objective's hook
+# The EMA target encoder moves through the objective's hook: forward dynamics always, MaskDP's for pixel targets.
+EMA_TARGETS = {("forward", "state"), ("forward", "pixels"), ("maskdp", "pixels")}
 OBJECTIVES = {"maskdp": masked("maskdp"), "forward": pretrain_only("forward"), "inverse": pretrain_only("inverse"),
               "masked_hindsight": pretrain_only("masked_hindsight"), "bc": policy("naive"),
               "rtg": policy("reward_conditioned")}
@@ -122,7 +123,7 @@ def test_one_step_updates_what_learns_and_nothing_frozen(name, obs_type):
     online = dict(module.model.obs_encoder.named_parameters())
     for n, p in module.model.target_obs_encoder.named_parameters():
         target_before = before[f"model.target_obs_encoder.{n}"]
-        if name in EMA_OBJECTIVES and obs_type == "pixels":  # only through the hook, by exactly tau
+        if (name, obs_type) in EMA_TARGETS:  # only through the hook, by exactly tau
             assert torch.allclose(p, (1 - TAU) * target_before + TAU * online[n].detach(), atol=1e-7), n
         else:
             assert torch.equal(p, target_before), n
