@@ -180,24 +180,28 @@ def _run_chunk(policy, make_env_fn, task: GoalTask, rows: np.ndarray, closed_loo
         hist_obs = [list(task.prompt_obs[r]) + [obs[i]] if task.prompt_obs is not None else [obs[i]]
                     for i, r in enumerate(rows)]
         hist_act = [list(task.prompt_actions[r]) if task.prompt_actions is not None else [] for r in rows]
-        plan, plan_len, used = None, None, 0
+        plans, plan_len, used = [None] * n, np.zeros(n, np.int64), np.zeros(n, np.int64)
         budget, total = task.num_steps[rows], 0
         for j in range(int(budget.max())):
             live = np.flatnonzero(budget > j)
             times = task.goal_times[rows]
             idx, ahead = _pending(times, j)
             next_goal = ahead[:, 0] if times.shape[1] else np.ones(n, np.int64)
-            if plan is None or closed_loop or used >= plan_len.min():
-                T = min(len(hist_obs[0]), policy.history_length)
-                past = (np.asarray([a[len(a) - T + 1:] for a in hist_act], np.float32) if T > 1
-                        else np.zeros((n, 0, envs[0].action_dim), np.float32))
-                history = {"observations": _tensor([h[-T:] for h in hist_obs], device), "actions": _tensor(past, device)}
-                goals = _tensor(np.take_along_axis(task.goal_obs[rows], idx[..., None], 1), device)  # (n, G, D)
-                plan = policy.plan(history, goals, torch.as_tensor(ahead, device=device)).float().clamp(-1, 1).cpu()
-                plan = plan.numpy()
-                plan_len = np.minimum(plan.shape[1], next_goal)  # open loop: up to the next goal
-                used = 0
-            action = plan[:, used]
+            # closed loop: every row re-plans; open loop: the rows whose plan ran out, so a row's plan does not
+            # depend on the other rows of its chunk
+            need = np.arange(n) if closed_loop else np.flatnonzero(used >= plan_len)
+            if len(need):
+                T = min(len(hist_obs[0]), policy.history_length)  # histories stay aligned across rows
+                past = (np.asarray([hist_act[i][len(hist_act[i]) - T + 1:] for i in need], np.float32) if T > 1
+                        else np.zeros((len(need), 0, envs[0].action_dim), np.float32))
+                history = {"observations": _tensor([hist_obs[i][-T:] for i in need], device),
+                           "actions": _tensor(past, device)}
+                goals = _tensor(np.take_along_axis(task.goal_obs[rows[need]], idx[need, :, None], 1), device)
+                fresh = policy.plan(history, goals, torch.as_tensor(ahead[need], device=device))  # (m, H, A)
+                fresh = fresh.float().clamp(-1, 1).cpu().numpy()
+                for k, i in enumerate(need):
+                    plans[i], plan_len[i], used[i] = fresh[k], min(fresh.shape[1], next_goal[i]), 0
+            action = np.stack([plans[i][used[i]] for i in range(n)])  # (n, A)
             used += 1
             for i in live:
                 o, reward, _, _ = envs[i].step(action[i])
