@@ -70,9 +70,10 @@ def held_out(domain: str, task: str) -> TrajectoryFile:
     return TrajectoryFile(dataset_path(os.path.join(ROOT, PRESET["data_dir"]), "fullcollect", domain, task, 2))
 
 
-def evaluate(policy, domain: str, task: str, modes: list[str], loops: list[str]) -> dict:
-    cfg, file = GoalEvalConfig(loops=loops), held_out(domain, task)
-    return {mode: run_goal_mode(mode, cfg, policy, file, {"action_repeat": 4}, domain, task) for mode in modes}
+def evaluate(policy, file: TrajectoryFile, modes: list[str], loops: list[str]) -> dict:
+    """Every mode's summary on the held-out ``file``, in the conditions it was recorded in (its action repeat)."""
+    cfg, env_kwargs = GoalEvalConfig(loops=loops), {"action_repeat": int(file.attrs["action_repeat"])}
+    return {mode: run_goal_mode(mode, cfg, policy, file, env_kwargs, file.domain, file.task) for mode in modes}
 
 
 def task_file(domain: str, task: str, out: str) -> str:
@@ -108,10 +109,10 @@ def cell(domain: str, task: str, method: str, seed: int, out: str) -> dict:
         file = held_out(domain, task)
         policy = MaskedGoalPolicy(model, domain, file.obs_dim, file.action_dim)
         modes = ["goal"] if ratio else ["goal", "multigoal"]
-        found = evaluate(policy, domain, task, modes, ["closed", "open"])
+        found = evaluate(policy, file, modes, ["closed", "open"])
         if not ratio:
             prompt = MaskedGoalPolicy(model, domain, file.obs_dim, file.action_dim, PRESET["context_length"] - 1)
-            found.update(evaluate(prompt, domain, task, ["prompt"], ["closed"]))
+            found.update(evaluate(prompt, file, ["prompt"], ["closed"]))
         return found
     dm = MultiTaskDataModule(multi_config=task_file(domain, task, out), source_data_type="full",
                              num_steps=PRESET["num_steps"], data_dir_prefix=os.path.join(ROOT, PRESET["data_dir"]),
@@ -123,7 +124,7 @@ def cell(domain: str, task: str, method: str, seed: int, out: str) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, losses = train(dm, mean.to(device), std.to(device), PRESET["steps"], seed=seed, device=device)
     policy = GoalMLPPolicy(model) if method == "goal-mlp" else GoalGPTPolicy(model)
-    return {"train": losses, **evaluate(policy, domain, task, ["goal", "multigoal"], ["closed"])}
+    return {"train": losses, **evaluate(policy, held_out(domain, task), ["goal", "multigoal"], ["closed"])}
 
 
 def run(tasks: list[str], methods: list[str], seeds: list[int]) -> None:

@@ -87,6 +87,7 @@ class TrajectoryFile:
             self.rewards = h5["rewards"][:n]
             self.num_steps = n
             self.pixels: PixelReader | None = None
+            self._physics: np.ndarray | None = None  # read on first use (goal reaching)
             if load_pixels:
                 if "pixels" not in h5:
                     raise DatasetError(
@@ -105,7 +106,7 @@ class TrajectoryFile:
 
     def read_physics(self) -> np.ndarray:
         """(N, state_dim) float32 recorded simulator states (goal reaching restores them), read once."""
-        if getattr(self, "_physics", None) is None:
+        if self._physics is None:
             path = storage.local_path(self.path) if storage.is_remote(self.path) else self.path
             with open_h5(path) as h5:
                 self._physics = h5["physics"][: self.num_steps]

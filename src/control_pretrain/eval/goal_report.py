@@ -83,7 +83,7 @@ def goal_report(trainer: Trainer, module: LightningModule, datamodule: Lightning
     cfg = hp.goal if isinstance(hp.goal, GoalEvalConfig) else GoalEvalConfig(**(hp.goal or {}))
     datamodule.setup("validate")
     module.eval()
-    history = module.hparams.context_length - 1 if hp.mode == "prompt" else cfg.history
+    history = hp.context_length - 1 if hp.mode == "prompt" else cfg.history
     found = run_goal_mode(hp.mode, cfg, module.make_goal_policy(history), datamodule.val_file,
                           datamodule.env_kwargs(), hp.domain, hp.task)
     report = {"mode": hp.mode, "domain": hp.domain, "task": hp.task, "checkpoint": hp.load_model_from,
