@@ -10,9 +10,13 @@ the checkpoints written before this file existed, so they still load.
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout, dropout
 from .positions import apply_rotary
 
 
@@ -40,6 +44,16 @@ def attention_mask(attn_mask: Tensor | None, key_padding_mask: Tensor | None,
     return attn_bias if mask is None else attn_bias.masked_fill(~mask, float("-inf"))  # (nh or B, nh, L, L)
 
 
+def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float) -> Tensor:
+    """What SDPA's math path computes with ``dropout_p=p``, with the CPU dropout of models/dropout.py on the
+    attention weights (SDPA's own draws one random number per weight, the largest dropout cost of a step).
+    q, k, v (B, nh, L, hs); mask as for SDPA (boolean True = may attend, or additive float)."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, nh, L, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return dropout(scores.softmax(dim=-1), p) @ v  # (B, nh, L, hs)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention under a boolean mask (see ``attention_mask``)."""
 
@@ -51,7 +65,7 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.c_attn = nn.Linear(n_embd, 3 * n_embd)
         self.c_proj = nn.Linear(n_embd, n_embd)
-        self.resid_drop = nn.Dropout(dropout)
+        self.resid_drop = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         B, T, C = x.shape
@@ -61,8 +75,11 @@ class SelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if rotary is not None:
             q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)  # (B, nh, T, hs) each
-        dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, T, hs)
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            y = attention_with_dropout(q, k, v, mask, self.dropout)  # (B, nh, T, hs)
+        else:
+            dropout_p = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_drop(self.c_proj(y))  # (B, T, C)
 
@@ -75,7 +92,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(n_embd, 4 * n_embd)
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * n_embd, n_embd)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)

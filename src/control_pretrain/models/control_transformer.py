@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import Block, init_weights
+from .dropout import Dropout
 from .encoders import ActionEncoder, PixelEncoder, StateEncoder
 from .masks import causal_mask, inverse_mask
 from .normalizer import ObservationNormalizer
@@ -119,7 +120,7 @@ class ControlTransformer(nn.Module):
         self.timestep_emb = nn.Embedding(config.max_timestep, C)
         self._build_positions()
         self.mask_token = nn.Parameter(torch.zeros(C))  # replaces masked input tokens (RMHC)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(C, config.n_head, config.dropout) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(C)
         for name, child in self.named_children():

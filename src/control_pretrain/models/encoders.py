@@ -31,9 +31,9 @@ class PixelEncoder(nn.Module):
     def __init__(self, n_embd: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, 32, kernel_size=8, stride=4), nn.ReLU(),  # (N, 32, 20, 20)
-            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),  # (N, 64, 9, 9)
-            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),  # (N, 64, 7, 7)
+            nn.Conv2d(3, 32, kernel_size=8, stride=4), nn.ReLU(inplace=True),  # (N, 32, 20, 20)
+            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(inplace=True),  # (N, 64, 9, 9)
+            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(inplace=True),  # (N, 64, 7, 7)
             nn.Flatten(),  # (N, 3136)
             nn.Linear(CNN_FEATURES, n_embd), nn.Tanh(),  # (N, C)
         )  # fmt: skip
@@ -42,7 +42,9 @@ class PixelEncoder(nn.Module):
         if frames.dtype != torch.uint8:
             # Guards against normalising twice: the data pipeline must hand over raw uint8 frames.
             raise TypeError(f"PixelEncoder expects uint8 frames, got {frames.dtype}")
-        x = frames.to(self.net[0].weight.dtype) / 255.0  # (N, 3, 84, 84) in [0, 1]
+        # Channels-last: oneDNN's convolutions ran 1.5x faster (forward + backward) on the CPU (issue 16); the
+        # layers' outputs follow the input's layout, the weights stay as they are (and as checkpoints store them).
+        x = frames.to(self.net[0].weight.dtype, memory_format=torch.channels_last).div_(255.0)  # (N, 3, 84, 84)
         return self.net(x)  # (N, C)
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import Block, init_weights
+from .dropout import Dropout
 from .encoders import ActionEncoder, PixelEncoder, StateEncoder
 from .normalizer import ObservationNormalizer
 from .positions import StepOffsetBias
@@ -117,7 +118,7 @@ class MaskedTrajectoryModel(nn.Module):
         self.modality_emb = nn.Parameter(torch.zeros(M, C))  # zero-init as in MTM
         self.decoder_modality_emb = nn.Parameter(torch.zeros(M, C))
         self.mask_tokens = nn.Parameter(torch.zeros(M, C))  # one learned mask token per modality
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(C, config.n_head, config.dropout) for _ in range(config.n_enc_layer)])
         self.ln_f = nn.LayerNorm(C)  # after the encoder (the control transformer's ln_f follows its blocks too)
         self.decoder_blocks = nn.ModuleList([Block(C, config.n_head, config.dropout)
