@@ -95,9 +95,18 @@ def test_batched_equals_one_at_a_time():
     model, objective = tiny_policy("rtg")
     model, objective = model.double(), objective.double()
 
+    def f64(batch):
+        return {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+
     class Float64Policy(ReturnConditionedPolicy):  # a policy class of its own, as later methods will add
         def __call__(self, batch):
-            return super().__call__({k: v.double() if v.is_floating_point() else v for k, v in batch.items()})
+            return super().__call__(f64(batch))
+
+        def encode(self, batch):
+            return super().encode(f64(batch))
+
+        def act(self, batch):
+            return super().act(f64(batch))
 
     policy64 = Float64Policy(model, objective, 850.0)
     seeds = [3, 4, 5]
@@ -173,6 +182,8 @@ def test_slots_and_video():
 
 
 def test_pixel_rollout_context_equals_training_context():
+    """The rollout encodes each frame once (incremental); compared per step on the episode's own history, since
+    whole episodes drift apart from the CNN's batch-size-dependent round-off amplified by the dynamics."""
     model, objective = tiny_policy("bc", obs_type="pixels")
     res = evaluate(as_policy(model, objective), lambda s: make_env("cheetah", "run", s, pixels=True,
                    fast_render=True), [0, 1], max_steps=K + 3, keep_history=True, record_video=True)  # fmt: skip
@@ -249,3 +260,46 @@ def test_target_return_for():
     assert target_return_for("quadruped", "walk", override=700) == 700.0
     with pytest.raises(ValueError, match=r"quadruped-walk.*--target_return"):
         target_return_for("quadruped", "walk")
+
+
+@pytest.mark.parametrize("position_encoding", ["relative_bias", "absolute", "rotary", "step_type"])
+def test_last_token_only_pass_equals_the_full_pass(position_encoding):
+    torch.manual_seed(0)
+    model = ControlTransformer(ControlTransformerConfig(
+        obs_type="state", obs_dim=OBS_DIM, action_dim=ACTION_DIM, n_layer=2, n_head=2, n_embd=C, context_length=K,
+        position_encoding=position_encoding, state_hidden=32)).eval()  # fmt: skip
+    with torch.no_grad():  # a learned-looking bias/table, so positions matter
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        for T in (1, 3, K):
+            obs, act = torch.randn(4, T, C), torch.randn(4, T - 1, C)
+            steps = torch.arange(T).expand(4, T) + 5
+            full = model.forward_tokens(obs, act, steps, model.attn_mask("causal"))  # (4, 2T-1, C)
+            last = model.forward_tokens(obs, act, steps, model.attn_mask("causal"), last_only=True)  # (4, 1, C)
+            torch.testing.assert_close(last[:, 0], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bc", "rtg"])
+def test_incremental_rollout_equals_re_encoding_every_window(kind):
+    model, objective = tiny_policy(kind)
+    policy = as_policy(model, objective, 850.0 if kind == "rtg" else None)
+    fast = evaluate(policy, cheetah, [0, 1], max_steps=K + 12, keep_history=True)
+    slow = evaluate(policy, cheetah, [0, 1], max_steps=K + 12, keep_history=True, incremental=False)
+    for a, b in zip(fast.histories, slow.histories):
+        assert np.abs(a["actions"]).max() > 0.1
+        np.testing.assert_allclose(a["actions"], b["actions"], atol=1e-5)
+
+
+def test_a_policy_without_encode_cannot_be_forced_incremental():
+    model, objective = tiny_policy("bc")
+
+    class Plain:  # the Policy protocol only
+        context_length, obs_type, target_return, obs_layout, action_layout = K, "state", None, None, None
+        device = torch.device("cpu")
+
+        def __call__(self, batch):
+            return objective.predict_actions(model, batch)
+
+    assert evaluate(Plain(), cheetah, [0], max_steps=3).lengths[0] == 3
+    with pytest.raises(ValueError, match="cannot run incrementally"):
+        evaluate(Plain(), cheetah, [0], max_steps=3, incremental=True)

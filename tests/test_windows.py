@@ -1,5 +1,8 @@
 """Windows: never across episodes, files or tasks; exact RTG and timesteps; pixels; selection; DataLoader."""
 
+import pickle
+
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -141,6 +144,33 @@ def test_pixel_windows_match_the_file(tmp_path, cache_bytes):
     assert batch["pixels"].dtype == torch.uint8 and batch["pixels"].shape == (3, K, 3, 84, 84)
     for b, s in enumerate(ds.starts[idx]):
         np.testing.assert_array_equal(batch["pixels"][b].numpy(), frames[s : s + K])
+
+
+def test_pixel_windows_come_from_a_memmap_of_the_chunks_and_equal_h5py_reads(tmp_path):
+    # 85 frames = 2 full 32-frame chunks + a partial one: windows cross chunk boundaries and end in the last chunk.
+    episodes = write_synthetic(tmp_path / "p.h5", [40, 45], pixels=True)
+    frames = np.concatenate([ep["pixels"] for ep in episodes])
+    reader = TrajectoryFile(str(tmp_path / "p.h5"), load_pixels=True).pixels
+    out = np.empty((K, 3, 84, 84), np.uint8)
+    reader.read_into(out, 0)
+    assert reader._chunks is not None  # the fast path, not h5py
+    for start in range(len(frames) - K + 1):
+        reader.read_into(out, start)
+        np.testing.assert_array_equal(out, frames[start : start + K])
+    assert pickle.loads(pickle.dumps(reader))._chunks is None  # reopened in the receiving process
+
+
+def test_compressed_pixel_files_are_read_through_h5py(tmp_path):
+    episodes = write_synthetic(tmp_path / "p.h5", [40], pixels=True)
+    with h5py.File(tmp_path / "p.h5", "a") as h5:  # the same file with gzip frames
+        data = h5["pixels"][:]
+        del h5["pixels"]
+        h5.create_dataset("pixels", data=data, chunks=(32, 3, 84, 84), compression="gzip")
+    reader = TrajectoryFile(str(tmp_path / "p.h5"), load_pixels=True).pixels
+    out = np.empty((K, 3, 84, 84), np.uint8)
+    reader.read_into(out, 5)
+    assert reader._chunks is None
+    np.testing.assert_array_equal(out, episodes[0]["pixels"][5 : 5 + K])
 
 
 def test_pixels_requested_from_a_state_file_is_a_clear_error(tmp_path):

@@ -61,11 +61,36 @@ class TrunkPolicy:
         return self.objective.predict_actions(self.model, batch)  # (B, T, A)
 
 
-class BehaviorCloningPolicy(TrunkPolicy):
+@runtime_checkable
+class IncrementalPolicy(Policy, Protocol):
+    """A ``Policy`` the rollout engine can also drive incrementally (issue 16): ``encode`` maps one step's new
+    observations (``observations`` (B, 1, D) with ``domain_id``, or ``pixels`` (B, 1, 3, H, W)) to encodings
+    (B, 1, C), which the engine keeps for the whole context, and ``act`` maps a batch whose ``obs_emb`` (B, T, C)
+    replaces the observations to the action at the last observation (B, A): the last row of ``__call__``'s
+    output, each observation encoded once instead of T times, and only the last token through the last block."""
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor: ...
+
+    def act(self, batch: dict[str, Tensor]) -> Tensor: ...
+
+
+class _IncrementalTrunkPolicy(TrunkPolicy):
+    """``IncrementalPolicy`` for trunks whose policy objective has ``predict_last_action``."""
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        self.check_eval_mode()
+        return self.model.encode_observations(batch)  # (B, 1, C)
+
+    def act(self, batch: dict[str, Tensor]) -> Tensor:
+        self.check_eval_mode()
+        return self.objective.predict_last_action(self.model, batch)  # (B, A)
+
+
+class BehaviorCloningPolicy(_IncrementalTrunkPolicy):
     """Acts from observations and past actions alone (``BehaviorCloningObjective``)."""
 
 
-class ReturnConditionedPolicy(TrunkPolicy):
+class ReturnConditionedPolicy(_IncrementalTrunkPolicy):
     """Also conditioned on the return-to-go, which starts at ``target_return`` and drops by each reward
     (``ReturnConditionedObjective``; smart.md §3.5)."""
 

@@ -13,6 +13,10 @@ Fixes of the reference (smart.md §3.5, §3.6, §5.2.3, §5.2.5):
   replayed the same 50 initial states).
 - Episodes run side by side: each has its own env, stepped in a Python loop, but the policy is called once per
   time step for all live episodes (250 batched calls for 50 episodes instead of 12,500 batch-1 calls).
+- Each observation is encoded once (issue 16): with an ``IncrementalPolicy`` the context ring holds observation
+  encodings instead of frames, so a step runs the encoder on the new observation only (the CNN encoded all K
+  frames of the window at every step before), and the trunk's last block computes the last token only. Actions
+  equal the re-encoding path's to float32 round-off (tests/test_rollout.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 
 from ..data.slots import SlotLayout
 from ..envs.dmc import DMCEnv
-from .policies import Policy
+from .policies import IncrementalPolicy, Policy
 
 
 @dataclass
@@ -62,6 +66,7 @@ def evaluate(
     max_steps: int | None = None,
     record_video: bool = False,
     keep_history: bool = False,
+    incremental: bool | None = None,
 ) -> EpisodeResults:
     """Run one episode per seed, all side by side, with one batched ``policy`` call per time step.
 
@@ -74,6 +79,8 @@ def evaluate(
         max_steps: stop every episode after this many steps (default: at the environment's time limit).
         record_video: keep the frames of the first episode (``EpisodeResults.frames``).
         keep_history: keep every episode's inputs (``EpisodeResults.histories``; tests and debugging).
+        incremental: encode each observation once (``IncrementalPolicy``); None: whenever the policy can; False:
+            re-encode the whole window at every step through ``policy(batch)`` (the reference's work per step).
     """
     obs_type, target_return, device = policy.obs_type, policy.target_return, policy.device
     if obs_type not in ("state", "pixels"):
@@ -96,7 +103,14 @@ def evaluate(
     start = time.perf_counter()
     obs = [observe(i, env.reset()) for i, env in enumerate(envs)]  # the only reset of each episode
     # Ring buffers of the last K steps on the model's device: step j lives at column j % K.
-    obs_ring = torch.zeros((N, K, *obs[0].shape), dtype=torch.uint8 if pixels else torch.float32, device=device)
+    can = isinstance(policy, IncrementalPolicy)
+    if incremental and not can:
+        raise ValueError(f"{type(policy).__name__} has no encode/act methods: it cannot run incrementally")
+    incremental = can if incremental is None else incremental
+    obs_key = "pixels" if pixels else "observations"
+    # Frames or vectors (or, incremental, their encodings: allocated at the first encode) of the last K steps.
+    obs_ring = None if incremental else torch.zeros((N, K, *obs[0].shape),
+                                                    dtype=torch.uint8 if pixels else torch.float32, device=device)
     act_ring = torch.zeros((N, K, action_layout.size), dtype=torch.float32, device=device)
     rtg_ring = torch.zeros((N, K), dtype=torch.float32, device=device)
     rtg = np.full(N, target_return if rtg_mode else 0.0, np.float64)
@@ -112,27 +126,41 @@ def evaluate(
         while live.any():
             idx = np.flatnonzero(live)
             rows = torch.as_tensor(idx, device=device)
-            obs_ring[rows, j % K] = torch.as_tensor(np.stack([obs[i] for i in idx]), device=device)
+            new_obs = torch.as_tensor(np.stack([obs[i] for i in idx]), device=device)  # (n, ...)
+            # The slot each sample's observations sit in, as training batches carry it.
+            domain_id = None if pixels else torch.full((len(idx),), obs_layout.number(domain), device=device)
+            if incremental:
+                step_batch = {obs_key: new_obs[:, None]} | ({} if pixels else {"domain_id": domain_id})
+                encoded = policy.encode(step_batch)[:, 0]  # (n, C)
+                if obs_ring is None:
+                    obs_ring = torch.zeros((N, K, encoded.shape[-1]), dtype=encoded.dtype, device=device)
+                obs_ring[rows, j % K] = encoded
+            else:
+                obs_ring[rows, j % K] = new_obs
             rtg_ring[rows, j % K] = torch.as_tensor(rtg[idx], dtype=torch.float32, device=device)
             T = min(j + 1, K)
             steps = torch.arange(j - T + 1, j + 1, device=device)  # per-step timesteps, as training windows carry
             cols = steps % K
             batch = {
-                "pixels" if pixels else "observations": obs_ring[rows[:, None], cols],  # (n, T, ...)
+                "obs_emb" if incremental else obs_key: obs_ring[rows[:, None], cols],  # (n, T, ...)
                 "actions": act_ring[rows[:, None], cols[:-1]],  # (n, T-1, A): ends with the newest observation
                 "timesteps": steps.expand(len(idx), T),  # (n, T)
             }
-            if not pixels:  # the slot each sample's observations sit in, as training batches carry it
-                batch["domain_id"] = torch.full((len(idx),), obs_layout.number(domain), device=device)  # (n,)
+            if domain_id is not None:
+                batch["domain_id"] = domain_id  # (n,)
             if rtg_mode:
                 batch["rtg"] = rtg_ring[rows[:, None], cols]  # (n, T)
-            pred = policy(batch)  # (n, T, A)
-            if pred.shape[:2] != (len(idx), T) or pred.shape[-1] != action_layout.size:
-                expected = (len(idx), T, action_layout.size)
-                raise ValueError(f"the policy returned {tuple(pred.shape)}, expected {expected}")
-            # Act on the last observation token; outside this domain's slot the fed-back action is zero, as in the
-            # zero-padded multi-domain training data.
-            action = torch.where(in_slot, pred[:, -1].float().clamp(-1.0, 1.0), 0.0)  # (n, A)
+            # Act on the last observation token.
+            if incremental:
+                last = policy.act(batch)  # (n, A)
+                got, expected = tuple(last.shape), (len(idx), action_layout.size)
+            else:
+                pred = policy(batch)  # (n, T, A)
+                last, got, expected = pred[:, -1], tuple(pred.shape), (len(idx), T, action_layout.size)
+            if got != expected:
+                raise ValueError(f"the policy returned {got}, expected {expected}")
+            # Outside this domain's slot the fed-back action is zero, as in the zero-padded multi-domain data.
+            action = torch.where(in_slot, last.float().clamp(-1.0, 1.0), 0.0)  # (n, A)
             act_ring[rows, j % K] = action
             action_np = action.cpu().numpy()
             env_actions = action_layout.take(domain, action_np)

@@ -67,21 +67,32 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd)
         self.resid_drop = Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, rotary: tuple[Tensor, Tensor] | None = None,
+                last_query: bool = False) -> Tensor:
+        """x (B, T, C) -> (B, T, C); with ``last_query`` only the last token's output (B, 1, C), computed from
+        its query alone (rollouts act on the last token: the other queries would be wasted work)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if last_query:
+            w, b = self.c_attn.weight, self.c_attn.bias
+            q = F.linear(x[:, -1:], w[:C], b[:C])  # (B, 1, C)
+            k, v = F.linear(x, w[C:], b[C:]).split(C, dim=2)  # (B, T, C) each
+            mask = None if mask is None else mask[..., -1:, :]  # the last query's row
+        else:
+            q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        Tq = q.shape[1]
+        q = q.view(B, Tq, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, Tq, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if rotary is not None:
-            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)  # (B, nh, T, hs) each
+            q = apply_rotary(q, (rotary[0][T - Tq :], rotary[1][T - Tq :]))  # (B, nh, Tq, hs)
+            k = apply_rotary(k, rotary)  # (B, nh, T, hs)
         if self.training and self.dropout > 0 and x.device.type == "cpu":
             y = attention_with_dropout(q, k, v, mask, self.dropout)  # (B, nh, T, hs)
         else:
             dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_drop(self.c_proj(y))  # (B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, Tq, C)  # (B, Tq, C)
+        return self.resid_drop(self.c_proj(y))  # (B, Tq, C)
 
 
 class MLP(nn.Module):
@@ -109,9 +120,12 @@ class Block(nn.Module):
         self.mlp = MLP(n_embd, dropout)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None,
-                attn_bias: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                attn_bias: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None,
+                last_query: bool = False) -> Tensor:
         """x (B, L, C); attn_mask (L, L) bool, True = may attend; key_padding_mask (B, L) bool, True = padding;
-        attn_bias (nh, L, L) added to the attention scores; rotary: (cos, sin) tables (L, hs/2) for q and k."""
+        attn_bias (nh, L, L) added to the attention scores; rotary: (cos, sin) tables (L, hs/2) for q and k.
+        Returns (B, L, C), or with ``last_query`` the last token's output (B, 1, C)."""
         mask = attention_mask(attn_mask, key_padding_mask, attn_bias)
-        x = x + self.attn(self.ln_1(x), mask, rotary)  # (B, L, C)
-        return x + self.mlp(self.ln_2(x))  # (B, L, C)
+        h = self.attn(self.ln_1(x), mask, rotary, last_query)  # (B, L or 1, C)
+        x = (x[:, -1:] if last_query else x) + h
+        return x + self.mlp(self.ln_2(x))  # (B, L or 1, C)

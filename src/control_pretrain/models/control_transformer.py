@@ -202,6 +202,7 @@ class ControlTransformer(nn.Module):
         attn_mask: Tensor | None = None,
         obs_replace: Tensor | None = None,
         act_replace: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Run the trunk on interleaved tokens and return the hidden states after ``ln_f``.
 
@@ -210,7 +211,8 @@ class ControlTransformer(nn.Module):
         attn_mask: bool (L, L) or larger (its top-left L×L block is used; the causal and inverse masks are
         prefix-consistent), or None for bidirectional attention. obs_replace (B, T) / act_replace (B, Ta): tokens
         whose input embedding is replaced by ``mask_token`` (before timestep and position embeddings are added).
-        Returns (B, T + Ta, C).
+        Returns (B, T + Ta, C), or with ``last_only`` the last token's (B, 1, C): the last block then computes
+        that token alone (rollouts, which act on the newest observation).
         """
         B, T, C = obs_emb.shape
         Ta = act_emb.shape[1]
@@ -231,9 +233,11 @@ class ControlTransformer(nn.Module):
             attn_mask = attn_mask[:L, :L]
         bias = self.rel_pos_bias(L) if self.config.position_encoding == "relative_bias" else None  # (nl, nh, L, L)
         rotary = self.rotary(L) if self.config.position_encoding == "rotary" else None
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, attn_bias=None if bias is None else bias[i], rotary=rotary)  # (B, L, C)
-        return self.ln_f(x)  # (B, L, C)
+            x = block(x, attn_mask, attn_bias=None if bias is None else bias[i], rotary=rotary,
+                      last_query=last_only and i == last)  # (B, L, C), (B, 1, C) after a last_query block
+        return self.ln_f(x)  # (B, L or 1, C)
 
     forward = forward_tokens
 

@@ -46,8 +46,9 @@ class Trunk(Protocol):
         attn_mask: Tensor | None = None,
         obs_replace: Tensor | None = None,
         act_replace: Tensor | None = None,
+        last_only: bool = False,
     ) -> Tensor:
-        """Hidden states (B, T + Ta, C) of the interleaved tokens."""
+        """Hidden states (B, T + Ta, C) of the interleaved tokens; (B, 1, C) of the last one with ``last_only``."""
         ...
 
 

@@ -11,6 +11,8 @@ Deviations:
 
 ``predict_actions`` serves rollouts: the history may end with an observation (T observations, T-1 actions) and
 be shorter than K; it returns a prediction for every observation token and the rollout acts on the last one.
+``predict_last_action`` is the rollout engine's fast path (issue 16): the same prediction at the last token only,
+from observation encodings the engine computed once per step (``obs_emb``) instead of re-encoding the window.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ def _state_outputs(model: Trunk, batch: dict[str, Tensor]) -> Tensor:
     return state_out  # (B, T, C)
 
 
+def _last_state_output(model: Trunk, batch: dict[str, Tensor]) -> Tensor:
+    """The causal output at the newest observation (B, C) of a 2T-1 token history given as encodings
+    ``obs_emb`` (B, T, C) and ``actions`` (B, T-1, A)."""
+    act = model.embed_actions(batch["actions"])  # (B, T-1, C)
+    hidden = model.forward_tokens(batch["obs_emb"], act, batch["timesteps"], model.attn_mask("causal"),
+                                  last_only=True)  # (B, 1, C)
+    return hidden[:, 0]  # (B, C)
+
+
 class BehaviorCloningObjective(Objective):
     name = "bc"
 
@@ -50,6 +61,10 @@ class BehaviorCloningObjective(Objective):
     def predict_actions(self, model: Trunk, batch: dict[str, Tensor]) -> Tensor:
         """(B, T, A) action predictions at every observation token; acts on the last one at rollout."""
         return self.head(_state_outputs(model, batch))
+
+    def predict_last_action(self, model: Trunk, batch: dict[str, Tensor]) -> Tensor:
+        """(B, A): ``predict_actions``'s last row, from ``obs_emb`` (see ``_last_state_output``)."""
+        return self.head(_last_state_output(model, batch))
 
 
 @dataclass
@@ -79,3 +94,7 @@ class ReturnConditionedObjective(Objective):
     def predict_actions(self, model: Trunk, batch: dict[str, Tensor]) -> Tensor:
         """(B, T, A) predictions given ``batch['rtg']`` (B, T), one per observation token."""
         return self._head(_state_outputs(model, batch), batch["rtg"])
+
+    def predict_last_action(self, model: Trunk, batch: dict[str, Tensor]) -> Tensor:
+        """(B, A): ``predict_actions``'s last row, from ``obs_emb`` and ``rtg`` (B, T)."""
+        return self._head(_last_state_output(model, batch), batch["rtg"][:, -1])
