@@ -11,7 +11,7 @@ Measures, each repeated >= 3 times (median reported):
    __getitems__`` on random batches of 256 vs a naive per-window Python slicing loop. Target: >= 100,000 windows/s.
    Also the one-time construction cost (TrajectoryFile + dataset).
 3. Pixel windows (K=30, 84x84, batches of 32) from a ~20k-step file: from disk (page cache warm,
-   ``pixel_cache_bytes=0``) through the memmap of the raw chunks and through the h5py fallback, and from the RAM
+   ``pixel_cache_bytes=0``) with one read per chunk at its raw byte offset and through the h5py fallback, and from the RAM
    cache, vs a naive per-window h5py slice read with the default chunk cache. Target: >= 1,000 pixel windows/s.
 4. Peak memory: in a subprocess (peak RSS of its own), a pixel file twice the cache budget (2 GB / 1 GiB; quick:
    430 MB / 200 MiB), 300 random batches of 32 windows. Target: peak RSS < budget + 1 GiB. Also the pixel file
@@ -241,10 +241,10 @@ def bench_pixel_windows(quick):
     def naive(idx):
         return np.stack([naive_dset[s:s + K] for s in disk.starts[idx]])
 
-    # The h5py fallback (compressed or filtered files): the same reader with its memmap views switched off.
+    # The h5py fallback (compressed or filtered files): the same reader with its raw chunk offsets switched off.
     fallback = EpisodeWindowDataset([TrajectoryFile(path, load_pixels=True)], K, state=False, pixels=True)
     fallback.__getitems__(batches[0])  # opens the file (and maps its chunks) in this process
-    assert disk.__getitems__(batches[0]) and disk.files[0].pixels._chunks is not None  # the memmap path
+    assert disk.__getitems__(batches[0]) and disk.files[0].pixels._chunks is not None  # the raw-offset path
     fallback.files[0].pixels._chunks = None
 
     ref = naive(batches[0])
@@ -254,7 +254,7 @@ def bench_pixel_windows(quick):
     fns = {"disk": disk.__getitems__, "ram": ram.__getitems__, "naive": naive, "h5py": fallback.__getitems__}
     results = {k: nwin / t for k, t in compare({k: each(fn, batches) for k, fn in fns.items()}).items()}
     naive_h5.close()
-    rows = [["`__getitems__`, from disk: memmap of the raw chunks (page cache warm, `pixel_cache_bytes=0`)",
+    rows = [["`__getitems__`, from disk: `os.preadv` at the raw chunk offsets (page cache warm, `pixel_cache_bytes=0`)",
              results["disk"]],
             ["`__getitems__`, from disk: h5py `read_direct` (the fallback for compressed files)", results["h5py"]],
             ["`__getitems__`, RAM cache (`pixel_cache_bytes` >= file)", results["ram"]],

@@ -95,11 +95,11 @@ class FitResult:
 
 def fit(model: nn.Module, objectives: list[Objective], batches: Iterator[dict[str, Tensor]], steps: int,
         lr: float = 6e-4, evaluate: Callable[[], float] | None = None, eval_every: int = 0,
-        warmup: int = 0) -> FitResult:
+        warmup: int = 0, bf16: bool = False) -> FitResult:
     """Train ``objectives`` on ``model`` as ControlModule does (AdamW, decay on matrices only, betas (0.9, 0.95),
     weight decay 0.1, gradient clipping 1.0, the objectives' after-optimizer-step hooks), with linear warmup over
     ``warmup`` steps and cosine decay to 10% (the CLI's schedule). ``evaluate`` runs every ``eval_every`` steps and
-    at the end."""
+    at the end. ``bf16``: the forward under ``torch.autocast`` in bfloat16, as ``--trainer.precision bf16-mixed``."""
     everything = nn.ModuleList([model, *objectives])
     optimizer = torch.optim.AdamW(param_groups(everything, 0.1), lr=lr, betas=(0.9, 0.95))
 
@@ -118,7 +118,8 @@ def fit(model: nn.Module, objectives: list[Objective], batches: Iterator[dict[st
         batch = next(batches)
         start = time.perf_counter()
         cache: dict = {}
-        loss = combine_losses({o.name: o(model, batch, cache) for o in objectives}, weights)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = combine_losses({o.name: o(model, batch, cache) for o in objectives}, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(everything.parameters(), GRADIENT_CLIP)

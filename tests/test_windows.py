@@ -146,14 +146,14 @@ def test_pixel_windows_match_the_file(tmp_path, cache_bytes):
         np.testing.assert_array_equal(batch["pixels"][b].numpy(), frames[s : s + K])
 
 
-def test_pixel_windows_come_from_a_memmap_of_the_chunks_and_equal_h5py_reads(tmp_path):
+def test_pixel_windows_are_read_at_the_raw_chunk_offsets_and_equal_the_file(tmp_path):
     # 85 frames = 2 full 32-frame chunks + a partial one: windows cross chunk boundaries and end in the last chunk.
     episodes = write_synthetic(tmp_path / "p.h5", [40, 45], pixels=True)
     frames = np.concatenate([ep["pixels"] for ep in episodes])
     reader = TrajectoryFile(str(tmp_path / "p.h5"), load_pixels=True).pixels
     out = np.empty((K, 3, 84, 84), np.uint8)
     reader.read_into(out, 0)
-    assert reader._chunks is not None  # the fast path, not h5py
+    assert reader._chunks is not None  # the raw-offset path, not h5py
     for start in range(len(frames) - K + 1):
         reader.read_into(out, start)
         np.testing.assert_array_equal(out, frames[start : start + K])

@@ -3,9 +3,10 @@
 State, action and reward arrays of a 1M-step file take ~100 MB and are read ~30x faster from RAM than through
 per-window h5py reads (platform.md §6), so they are loaded. Frames (21 KB a step) stay on disk unless the caller
 grants a cache budget for them. A window of frames spans at most two 32-step chunks; when the file stores them
-uncompressed (what our collectors write), they are copied straight from a read-only ``np.memmap`` of the file at
-the chunks' byte offsets, 3-4x faster than h5py's ``read_direct`` (docs/benchmarks.md, "Pixel windows"); files with
-compressed or filtered frames are read through h5py.
+uncompressed (what our collectors write), each chunk's part is one ``os.preadv`` at the chunk's byte offset into
+the batch array, 3x faster than h5py's ``read_direct`` (docs/benchmarks.md, "Pixel windows"); files with compressed
+or filtered frames are read through h5py. (A ``np.memmap`` was as fast, but every page it touched counted in the
+process's resident memory, which then exceeded the cache budget by the size of the file.)
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class PixelReader:
         self._ram: np.ndarray | None = None
         self._h5 = None
         self._dset = None
-        self._chunks: tuple[list[np.ndarray], int] | None = None  # memmap views per chunk (raw_chunk_frames)
+        self._chunks: tuple[np.ndarray, int] | None = None  # byte offset of each chunk (raw_chunk_offsets)
+        self._fd: int | None = None
         self._pid = None
 
     @property
@@ -49,11 +51,12 @@ class PixelReader:
         path = storage.local_path(self.path, pin=True) if storage.is_remote(self.path) else self.path
         self._h5 = open_h5(path, rdcc_nbytes=4 << 20)
         self._dset = self._h5["pixels"]
-        self._chunks = raw_chunk_frames(path, self._dset, self.num_steps)
+        self._chunks = raw_chunk_offsets(self._dset, self.num_steps)
+        self._fd = os.open(path, os.O_RDONLY) if self._chunks is not None else None
         self._pid = os.getpid()
 
     def read_into(self, out: np.ndarray, start: int) -> None:
-        """Fill ``out`` (K, 3, H, W) with frames [start, start + K)."""
+        """Fill ``out`` (K, 3, H, W), C-contiguous, with frames [start, start + K)."""
         if self._ram is not None:
             out[...] = self._ram[start : start + len(out)]
             return
@@ -61,39 +64,43 @@ class PixelReader:
         if self._chunks is None:
             self._dset.read_direct(out, np.s_[start : start + len(out)])
             return
-        chunks, steps = self._chunks
+        offsets, steps = self._chunks
+        frame_bytes = out[0].nbytes
         end = start + len(out)
         for c in range(start // steps, (end - 1) // steps + 1):  # at most two chunks for K <= steps + 1
             lo, hi = max(start, c * steps), min(end, (c + 1) * steps)
-            out[lo - start : hi - start] = chunks[c][lo - c * steps : hi - c * steps]
+            part = memoryview(out[lo - start : hi - start]).cast("B")
+            got = os.preadv(self._fd, [part], int(offsets[c]) + (lo - c * steps) * frame_bytes)
+            if got != len(part):
+                raise DatasetError(f"{self.path}: frames {lo}..{hi - 1} are cut short on disk ({got} of "
+                                   f"{len(part)} bytes); the file is truncated. Re-collect or re-download it.")
 
-    def __getstate__(self):  # never pickle an open handle or a memory map (spawned workers, DDP)
+    def __getstate__(self):  # never pickle an open handle (spawned workers, DDP)
         state = self.__dict__.copy()
-        state["_h5"], state["_dset"], state["_chunks"], state["_pid"] = None, None, None, None
+        state["_h5"], state["_dset"], state["_chunks"], state["_fd"], state["_pid"] = None, None, None, None, None
         return state
 
 
-def raw_chunk_frames(path: str, dset, num_steps: int) -> tuple[list[np.ndarray], int] | None:
-    """Per chunk of ``dset`` (frames, N x 3 x H x W uint8), a read-only memmap view of its frames on disk, and the
-    chunk length in steps; None where that is not possible (filters such as compression, or contiguous storage),
-    and the caller reads through h5py. The file format is unchanged: the offsets come from HDF5's chunk index."""
+def raw_chunk_offsets(dset, num_steps: int) -> tuple[np.ndarray, int] | None:
+    """The byte offset in the file of each chunk of ``dset`` (frames, N x 3 x H x W uint8) in step order, and the
+    chunk length in steps; None where the raw bytes are not the frames (filters such as compression) or the layout
+    is not whole-frame chunks, and the caller reads through h5py. The offsets come from HDF5's chunk index; the
+    file format is unchanged."""
     if dset.chunks is None or dset.id.get_create_plist().get_nfilters() or dset.dtype != np.uint8:
         return None
-    steps, frame = dset.chunks[0], dset.shape[1:]
-    if dset.chunks[1:] != frame:
+    steps = dset.chunks[0]
+    if dset.chunks[1:] != dset.shape[1:]:
         return None
     n_chunks = -(-num_steps // steps)
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    size = steps * int(np.prod(frame))
-    chunks: list[np.ndarray | None] = [None] * n_chunks
+    offsets = np.full(n_chunks, -1, np.int64)
     for i in range(dset.id.get_num_chunks()):  # HDF5's chunk index, in storage order
         info = dset.id.get_chunk_info(i)
         c = info.chunk_offset[0] // steps
         if c < n_chunks:
-            chunks[c] = mm[info.byte_offset : info.byte_offset + size].reshape(steps, *frame)
-    if any(ch is None for ch in chunks):  # a chunk never written reads as zeros through h5py
+            offsets[c] = info.byte_offset
+    if (offsets < 0).any():  # a chunk never written reads as zeros through h5py
         return None
-    return chunks, steps
+    return offsets, steps
 
 
 class TrajectoryFile:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -51,10 +52,13 @@ class RolloutEvaluation(Callback):
         hp = pl_module.hparams
         was_training = pl_module.training
         pl_module.eval()
+        # The trainer's precision (autocast under bf16-mixed), as in its own validation and test steps.
+        precision = trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
         try:
-            res = evaluate(pl_module.make_policy(),
-                           lambda seed: make_env(hp.domain, hp.task, seed=seed, **env_kwargs),
-                           share, record_video=record_video)
+            with precision:
+                res = evaluate(pl_module.make_policy(),
+                               lambda seed: make_env(hp.domain, hp.task, seed=seed, **env_kwargs),
+                               share, record_video=record_video)
         finally:
             pl_module.train(was_training)
         if world == 1:
