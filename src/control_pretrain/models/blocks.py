@@ -57,13 +57,13 @@ def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
 class SelfAttention(nn.Module):
     """Multi-head self-attention under a boolean mask (see ``attention_mask``)."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, qkv_bias: bool = True):
         super().__init__()
         if n_embd % n_head:
             raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
         self.n_head = n_head
         self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=qkv_bias)
         self.c_proj = nn.Linear(n_embd, n_embd)
         self.resid_drop = Dropout(dropout)
 
@@ -74,8 +74,8 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         if last_query:
             w, b = self.c_attn.weight, self.c_attn.bias
-            q = F.linear(x[:, -1:], w[:C], b[:C])  # (B, 1, C)
-            k, v = F.linear(x, w[C:], b[C:]).split(C, dim=2)  # (B, T, C) each
+            q = F.linear(x[:, -1:], w[:C], None if b is None else b[:C])  # (B, 1, C)
+            k, v = F.linear(x, w[C:], None if b is None else b[C:]).split(C, dim=2)  # (B, T, C) each
             mask = None if mask is None else mask[..., -1:, :]  # the last query's row
         else:
             q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
@@ -96,13 +96,13 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """GELU MLP with 4x expansion."""
+    """GELU MLP with ``ratio``x expansion (4 in GPT)."""
 
-    def __init__(self, n_embd: int, dropout: float):
+    def __init__(self, n_embd: int, dropout: float, ratio: int = 4):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.c_fc = nn.Linear(n_embd, ratio * n_embd)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+        self.c_proj = nn.Linear(ratio * n_embd, n_embd)
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,12 +112,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x += Attn(LN(x)); x += MLP(LN(x))."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0):
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, mlp_ratio: int = 4, qkv_bias: bool = True):
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = SelfAttention(n_embd, n_head, dropout)
+        self.attn = SelfAttention(n_embd, n_head, dropout, qkv_bias)
         self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = MLP(n_embd, dropout)
+        self.mlp = MLP(n_embd, dropout, mlp_ratio)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None,
                 attn_bias: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None,
