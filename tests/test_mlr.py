@@ -106,3 +106,28 @@ def test_random_crops_cover_every_offset_and_copy_the_window():
     apart = random_crop_clips(clips, per_frame=True, generator=torch.Generator().manual_seed(1))
     assert not (apart[:, :, 0, 0, 0] == apart[:, :1, 0, 0, 0]).all()  # an offset per frame (the reference)
     assert torch.equal(center_crop(frames[:1])[0, 0, 0, 0], torch.tensor(8 * 100 + 8, dtype=torch.int32))
+
+
+def test_mlr_update_steps_encoder_and_head_on_the_reference_schedule_and_moves_targets_by_tau():
+    import copy
+
+    from control_pretrain.agents.mlr_update import MLRUpdateConfig, MLRUpdater, lr_factor
+    from control_pretrain.models.curl_encoder import CurlEncoder
+
+    assert lr_factor(0, 6000) == pytest.approx(5e-4) and lr_factor(6000, 6000) == pytest.approx(1.0)
+    assert lr_factor(24000, 6000) == pytest.approx(0.5)  # x sqrt(6000 / step) after the warm-up
+    torch.manual_seed(0)
+    encoder = CurlEncoder(3, 16, filters=4)
+    updater = MLRUpdater(encoder, copy.deepcopy(encoder), 2, MLRUpdateConfig(clip_len=4, block=2, warmup=10))
+    clips = torch.randint(0, 256, (3, 4, 3, 100, 100), dtype=torch.uint8)
+    actions = torch.rand(3, 4, 2) * 2 - 1
+    conv_before = encoder.convs[0].weight.clone()
+    momentum_before = updater.momentum.convs[0].weight.clone()
+    info = updater.update(clips, actions, torch.Generator().manual_seed(0))
+    assert 0.0 <= info["mlr_loss"] <= 4.0 and info["mlr_lr"] == pytest.approx(5e-4 * lr_factor(1, 10))
+    assert not torch.equal(encoder.convs[0].weight, conv_before)  # MLR trains the (critic's) encoder
+    assert torch.equal(updater.momentum.convs[0].weight, momentum_before)  # the momentum encoder only by EMA
+    assert all(not p.requires_grad for p in updater.momentum.parameters())
+    updater.update_targets()
+    expected = momentum_before + 0.05 * (encoder.convs[0].weight - momentum_before)
+    torch.testing.assert_close(updater.momentum.convs[0].weight, expected)

@@ -56,11 +56,16 @@ class CurlEncoder(nn.Module):
         self.convs = other.convs
 
     def forward(self, frames: Tensor, detach: bool = False) -> Tensor:
+        """uint8 frames (N, C, 84, 84) -> (N, latent_dim)."""
         if frames.dtype != torch.uint8:
-            raise TypeError(f"CurlEncoder expects uint8 frames, got {frames.dtype}")
-        if frames.shape[-2:] != (CROP, CROP):
-            raise ValueError(f"CurlEncoder expects {CROP}x{CROP} frames (crop first), got {tuple(frames.shape[-2:])}")
-        h = self.convs(frames.to(self.fc.weight.dtype) / 255.0).flatten(1)  # (N, F*35*35)
+            raise TypeError(f"CurlEncoder expects uint8 frames, got {frames.dtype} (forward_normalized takes floats)")
+        return self.forward_normalized(frames.to(self.fc.weight.dtype) / 255.0, detach)
+
+    def forward_normalized(self, x: Tensor, detach: bool = False) -> Tensor:
+        """Frames already in [0, 1] (after a float augmentation such as ``intensity``) -> (N, latent_dim)."""
+        if x.shape[-2:] != (CROP, CROP):
+            raise ValueError(f"CurlEncoder expects {CROP}x{CROP} frames (crop first), got {tuple(x.shape[-2:])}")
+        h = self.convs(x).flatten(1)  # (N, F*35*35)
         if detach:
             h = h.detach()
         return self.ln(self.fc(h))  # (N, latent_dim)
@@ -95,3 +100,10 @@ def center_crop(frames: Tensor, size: int = CROP) -> Tensor:
     H, W = frames.shape[-2:]
     top, left = (H - size) // 2, (W - size) // 2
     return frames[..., top : top + size, left : left + size]
+
+
+def intensity(x: Tensor, scale: float = 0.05, generator: torch.Generator | None = None) -> Tensor:
+    """MLR's "intensity" augmentation of float frames (N, ...): each frame times 1 + scale * n, n ~ N(0, 1)
+    clipped to [-2, 2] (mlr_mwm.md §A.3)."""
+    noise = torch.randn((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator).clamp(-2.0, 2.0).to(x.device)
+    return x * (1.0 + scale * noise)
