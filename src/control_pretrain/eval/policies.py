@@ -75,7 +75,9 @@ class IncrementalPolicy(Policy, Protocol):
 
 
 class _IncrementalTrunkPolicy(TrunkPolicy):
-    """``IncrementalPolicy`` for trunks whose policy objective has ``predict_last_action``."""
+    """``IncrementalPolicy`` for trunks whose policy objective has ``predict_last_action``. The rollout engine
+    prefers ``encode``/``act`` to ``__call__``: a subclass that changes what ``__call__`` computes must change them
+    too (or the engine be run with ``incremental=False``)."""
 
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
         self.check_eval_mode()
