@@ -128,3 +128,22 @@ def test_sampling_needs_a_complete_transition():
     buf.add_step(*stream()[0])  # one step, its next observation not written yet
     with pytest.raises(ValueError, match="too few"):
         buf.sample(4)
+
+
+@pytest.mark.parametrize("capacity", [100, 13])  # 13: the ring has wrapped mid-episode
+def test_clips_stay_inside_one_episode_and_behind_the_write_head(capacity):
+    steps = stream(n_episodes=4, length=6)
+    buf = row_by_row(capacity, steps, seed=1)
+    obs, actions = buf.sample_clips(2000, 3)
+    assert obs.shape == (2000, 3, 3) and actions.shape == (2000, 3, 2)
+    first = obs[:, :, 0]  # observation j of episode e is e * 100 + j
+    assert ((first[:, 1:] - first[:, :-1]) == 1).all()  # consecutive steps
+    assert (first // 100 == first[:, :1] // 100).all()  # one episode
+    by_obs = {s[0][0].item(): s[1] for s in steps}
+    for o, a in zip(first[:50].flatten(), actions[:50].flatten(0, 1)):
+        np.testing.assert_array_equal(a.numpy(), by_obs[o.item()])  # each step keeps its own action
+    starts = {c.item() for c in first[:, 0]}
+    if capacity == 100:  # every start of a 3-step clip in a 6-step episode: j = 0..3
+        assert starts == {e * 100 + j for e in range(4) for j in range(4)}
+    with pytest.raises(ValueError, match="no 7-step clip"):
+        buf.sample_clips(4, 7)  # longer than any episode

@@ -119,6 +119,32 @@ class ReplayBuffer:
         arrays = (self.obs[idx], self.actions[idx], self.rewards[idx, None], self.obs[nxt], self.not_dones[idx, None])
         return tuple(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays)
 
+    def sample_clips(self, batch_size: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(obs (B, K, ...), actions (B, K, A)) of ``length`` consecutive steps inside one episode each (MLR's
+        clips), uniform over the valid starts: every row of a clip is a sampleable step row, so a clip never
+        crosses an episode end or the write head (the reference drew 256 candidates and kept the first 128 without
+        an episode end, and did not reject windows across the write head, mlr_mwm.md §A.7.7)."""
+        if self.size == 0:
+            raise ValueError("the replay buffer is empty")
+        offsets = np.arange(length)
+
+        def valid(starts: np.ndarray) -> np.ndarray:
+            rows = (starts[:, None] + offsets) % self.capacity  # (n, K)
+            return (rows < self.size).all(1) & self._sampleable(rows).all(1)
+
+        starts = self.rng.integers(0, self.size, batch_size)
+        bad = ~valid(starts)
+        for _ in range(MAX_REDRAWS * 10):  # a clip of 16 misses an episode end about 6% of the time
+            if not bad.any():
+                break
+            starts[bad] = self.rng.integers(0, self.size, int(bad.sum()))
+            bad = ~valid(starts)
+        else:
+            raise ValueError(f"the replay buffer holds no {length}-step clip inside one episode to sample")
+        rows = (starts[:, None] + offsets) % self.capacity
+        return (torch.from_numpy(self.obs[rows]).to(self.device, non_blocking=True),
+                torch.from_numpy(self.actions[rows]).to(self.device, non_blocking=True))
+
     # -- snapshot and resume -------------------------------------------------------------------------------------
     def cursor(self) -> ReplayCursor:
         return ReplayCursor(self.pos, self.size, self.rows_written, self.rng.bit_generator.state)
