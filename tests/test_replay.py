@@ -147,3 +147,26 @@ def test_clips_stay_inside_one_episode_and_behind_the_write_head(capacity):
         assert starts == {e * 100 + j for e in range(4) for j in range(4)}
     with pytest.raises(ValueError, match="no 7-step clip"):
         buf.sample_clips(4, 7)  # longer than any episode
+
+
+def test_frame_stacks_are_built_at_sample_time_within_each_episode():
+    buf = ReplayBuffer((1, 2, 2), 2, 100, seed=0, obs_dtype=np.uint8, frame_stack=3)
+    for e in range(3):  # observation j of episode e is a frame filled with e * 10 + j; 4 steps per episode
+        for j in range(4):
+            frame, nxt = np.full((1, 2, 2), e * 10 + j, np.uint8), np.full((1, 2, 2), e * 10 + j + 1, np.uint8)
+            buf.add_step(frame, np.zeros(2, np.float32), 0.0, nxt, False, j == 3)
+    obs, _, _, nxt, _ = buf.sample(500)
+    assert obs.shape == (500, 3, 2, 2) and nxt.shape == (500, 3, 2, 2)
+    seen = {}
+    for o, n in zip(obs[:, :, 0, 0].tolist(), nxt[:, :, 0, 0].tolist()):
+        seen[tuple(o)] = tuple(n)
+    e = 10  # the second episode: its first frame repeats before its start; the final observation ends it
+    assert seen == {**{(e * k, e * k, e * k): (e * k, e * k, e * k + 1) for k in range(3)},
+                    **{(e * k, e * k, e * k + 1): (e * k, e * k + 1, e * k + 2) for k in range(3)},
+                    **{(e * k, e * k + 1, e * k + 2): (e * k + 1, e * k + 2, e * k + 3) for k in range(3)},
+                    **{(e * k + 1, e * k + 2, e * k + 3): (e * k + 2, e * k + 3, e * k + 4) for k in range(3)}}
+    clips, _ = buf.sample_clips(50, 2)
+    assert clips.shape == (50, 2, 3, 2, 2)
+    assert (clips[:, 1, :2, 0, 0] == clips[:, 0, 1:, 0, 0]).all()  # consecutive stacks overlap by two frames
+    with pytest.raises(ValueError, match="frames of shape"):
+        ReplayBuffer(3, 2, 10, frame_stack=3)

@@ -9,6 +9,12 @@ A row can be sampled when ``has_next[i]`` (its successor row holds its next obse
 row (whose successor is not written yet, or, once the ring is full, is the oldest row). Final rows, and episode
 ends whose final observation is unknown (a resumed collection, collect/sac.py), have ``has_next = False``.
 Sampling is uniform over sampleable rows, by redrawing the few unsampleable picks (about one row per episode).
+
+Frame stacks (pixel agents: CURL/MLR stack 3 frames) are built at sample time from single-frame rows
+(``frame_stack``): a row's stack is its frame and the ``frame_stack - 1`` frames before it in its episode, the
+episode's first frame repeated before its start (what frame-stacking environment wrappers show after a reset). The
+reference stored the 9-channel stacks of both obs and next_obs, 6x the memory (mlr_mwm.md §A.7.4). Where the ring
+has overwritten the start of an episode, its oldest surviving row counts as its start.
 """
 
 from __future__ import annotations
@@ -38,8 +44,12 @@ class ReplayBuffer:
     """Fixed-capacity rows in numpy (the oldest are overwritten once full); samples torch batches on ``device``."""
 
     def __init__(self, obs_shape: tuple[int, ...] | int, action_dim: int, capacity: int, seed: int = 0,
-                 obs_dtype: np.dtype | type = np.float32, device: str | torch.device = "cpu") -> None:
+                 obs_dtype: np.dtype | type = np.float32, device: str | torch.device = "cpu",
+                 frame_stack: int = 1) -> None:
         obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
+        if frame_stack < 1 or (frame_stack > 1 and len(obs_shape) != 3):
+            raise ValueError(f"frame_stack={frame_stack} needs frames of shape (C, H, W), got rows of {obs_shape}")
+        self.frame_stack = frame_stack
         self.obs = np.zeros((capacity, *obs_shape), obs_dtype)
         self.actions = np.zeros((capacity, action_dim), np.float32)
         self.rewards = np.zeros(capacity, np.float32)
@@ -98,6 +108,25 @@ class ReplayBuffer:
         self.add(obs[None], action[None], np.array([reward]), np.array([0.0 if terminal else 1.0]),
                  np.array([end]), next_obs[None] if end else None)
 
+    @property
+    def stacked_shape(self) -> tuple[int, ...]:
+        """The shape of one sampled observation: (frame_stack * C, H, W) for stacked frames, else a row's."""
+        shape = self.obs.shape[1:]
+        return (self.frame_stack * shape[0], *shape[1:]) if self.frame_stack > 1 else shape
+
+    def stacked(self, rows: np.ndarray) -> np.ndarray:
+        """Observations of ``rows`` (n,) with their frame stacks: (n, frame_stack * C, H, W), oldest frame first."""
+        if self.frame_stack == 1:
+            return self.obs[rows]
+        oldest = self.pos if self.size == self.capacity else 0
+        frames, cur = [rows], rows
+        for _ in range(self.frame_stack - 1):
+            prev = (cur - 1) % self.capacity
+            starts = ~self.has_next[prev] | (cur == oldest)  # a row after a final row (or the oldest) starts
+            cur = np.where(starts, cur, prev)
+            frames.insert(0, cur)
+        return np.concatenate([self.obs[f] for f in frames], axis=1)
+
     def _sampleable(self, idx: np.ndarray) -> np.ndarray:
         return self.has_next[idx] & (idx != (self.pos - 1) % self.capacity)
 
@@ -116,7 +145,8 @@ class ReplayBuffer:
         else:
             raise ValueError(f"the replay buffer holds too few complete transitions to sample ({self.num_transitions})")
         nxt = (idx + 1) % self.capacity
-        arrays = (self.obs[idx], self.actions[idx], self.rewards[idx, None], self.obs[nxt], self.not_dones[idx, None])
+        arrays = (self.stacked(idx), self.actions[idx], self.rewards[idx, None], self.stacked(nxt),
+                  self.not_dones[idx, None])
         return tuple(torch.from_numpy(a).to(self.device, non_blocking=True) for a in arrays)
 
     def sample_clips(self, batch_size: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +172,8 @@ class ReplayBuffer:
         else:
             raise ValueError(f"the replay buffer holds no {length}-step clip inside one episode to sample")
         rows = (starts[:, None] + offsets) % self.capacity
-        return (torch.from_numpy(self.obs[rows]).to(self.device, non_blocking=True),
+        obs = self.stacked(rows.reshape(-1)).reshape(*rows.shape, *self.stacked_shape)
+        return (torch.from_numpy(obs).to(self.device, non_blocking=True),
                 torch.from_numpy(self.actions[rows]).to(self.device, non_blocking=True))
 
     # -- snapshot and resume -------------------------------------------------------------------------------------
