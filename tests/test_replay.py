@@ -170,3 +170,22 @@ def test_frame_stacks_are_built_at_sample_time_within_each_episode():
     assert (clips[:, 1, :2, 0, 0] == clips[:, 0, 1:, 0, 0]).all()  # consecutive stacks overlap by two frames
     with pytest.raises(ValueError, match="frames of shape"):
         ReplayBuffer(3, 2, 10, frame_stack=3)
+
+
+def test_the_acting_frame_stack_equals_the_replays_sampled_stack():
+    from control_pretrain.envs.frame_stack import FrameStack
+
+    stacker, buf = FrameStack(3), ReplayBuffer((1, 2, 2), 2, 50, seed=0, obs_dtype=np.uint8, frame_stack=3)
+    acted = {}
+    for e in range(2):
+        frames = [np.full((1, 2, 2), e * 10 + j, np.uint8) for j in range(6)]
+        stack = stacker.reset(frames[0])
+        for j in range(5):
+            acted[int(frames[j][0, 0, 0])] = stack[:, 0, 0].tolist()  # what the agent saw before acting
+            buf.add_step(frames[j], np.zeros(2, np.float32), 0.0, frames[j + 1], False, j == 4)
+            stack = stacker.push(frames[j + 1])
+    obs, *_ = buf.sample(400)
+    sampled = {int(o[-1, 0, 0]): o[:, 0, 0].tolist() for o in obs}
+    assert sampled == acted and len(acted) == 10
+    with pytest.raises(RuntimeError, match="reset"):
+        FrameStack(3).push(np.zeros((1, 2, 2), np.uint8))
