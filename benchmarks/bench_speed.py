@@ -113,8 +113,7 @@ def baseline_tree(commit: str) -> str:
 
 # ------------------------------------------------------------------------------------------------- report
 def flops_per_sample(config: str, passes: int) -> float:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import bench_pretrain as bp
+    import bench_pretrain as bp  # this tree's (the script's folder is on sys.path); workers import their tree's
 
     size, obs_type = CONFIGS[config]
     return bp.flops_per_sample(size, obs_type, passes)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .encoders import conv_out
+
 CROP = 84  # the encoder's input size
-
-
-def conv_out(size: int) -> int:
-    return ((size - 3) // 2 + 1) - 6  # stride-2 conv, then three stride-1 convs without padding
+# 84 -> 41 (3x3, stride 2) -> 39 -> 37 -> 35 (3x3, stride 1, no padding)
+FEATURE_SIZE = conv_out(conv_out(conv_out(conv_out(CROP, 3, 2), 3, 1), 3, 1), 3, 1)
 
 
 def delta_orthogonal_(conv: nn.Conv2d) -> None:
@@ -43,7 +43,7 @@ class CurlEncoder(nn.Module):
             nn.Conv2d(filters, filters, 3), nn.ReLU(inplace=True),
             nn.Conv2d(filters, filters, 3), nn.ReLU(inplace=True),
         )  # fmt: skip
-        self.fc = nn.Linear(filters * conv_out(CROP) ** 2, latent_dim)
+        self.fc = nn.Linear(filters * FEATURE_SIZE**2, latent_dim)
         self.ln = nn.LayerNorm(latent_dim)
         for m in self.convs:
             if isinstance(m, nn.Conv2d):

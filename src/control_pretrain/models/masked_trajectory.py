@@ -30,7 +30,6 @@ Deviations from facebookresearch/mtm ``MTM``:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -41,7 +40,7 @@ from .blocks import Block, init_weights
 from .dropout import Dropout
 from .encoders import ActionEncoder, PixelEncoder, StateEncoder
 from .normalizer import ObservationNormalizer
-from .positions import StepOffsetBias
+from .positions import StepOffsetBias, sinusoid
 
 MTM_TRUNK = "mtm"  # ``trunk`` in the stored config; the control transformer's configs have none (= "gpt")
 
@@ -75,16 +74,6 @@ class MaskedTrajectoryConfig:
             raise ValueError(f"modalities must hold obs and act, optionally rtg; got {list(self.modalities)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-
-
-def sinusoid(num_steps: int, width: int, device=None) -> Tensor:
-    """(K, C) fixed sinusoidal embedding of steps 0..K-1 (Vaswani et al. 2017), for any K."""
-    steps = torch.arange(num_steps, dtype=torch.float32, device=device)[:, None]  # (K, 1)
-    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / width))
-    table = torch.zeros(num_steps, width, device=device)
-    table[:, 0::2] = torch.sin(steps * freq)
-    table[:, 1::2] = torch.cos(steps * freq[: width // 2])
-    return table  # (K, C)
 
 
 class ReconstructionHead(nn.Module):

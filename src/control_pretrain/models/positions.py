@@ -15,12 +15,15 @@
 - ``rotary``: rotary embeddings of the token index in queries and keys (Su et al., RoFormer 2021), no parameters.
 - ``step_type``: a learned table of the K steps plus an observation/action token-type embedding.
 
+``sinusoid`` is the fixed step embedding of the masked trunks (MTM, MaskDP) and of MLR's predictor.
+
 All four are prefix-consistent: the first L tokens of a 2K-token window are encoded the same as a sequence of L
 tokens, so rollouts with 2T-1 tokens and T < K see what training saw.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -70,6 +73,16 @@ def apply_rotary(x: Tensor, rotary: tuple[Tensor, Tensor]) -> Tensor:
     cos, sin = rotary  # (L, hs/2) each
     even, odd = x[..., 0::2], x[..., 1::2]  # (B, nh, L, hs/2) each
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)  # (B, nh, L, hs)
+
+
+def sinusoid(num_steps: int, width: int, device=None) -> Tensor:
+    """(K, C) fixed sinusoidal embedding of steps 0..K-1 (Vaswani et al. 2017), for any K."""
+    steps = torch.arange(num_steps, dtype=torch.float32, device=device)[:, None]  # (K, 1)
+    freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / width))
+    table = torch.zeros(num_steps, width, device=device)
+    table[:, 0::2] = torch.sin(steps * freq)
+    table[:, 1::2] = torch.cos(steps * freq[: width // 2])
+    return table  # (K, C)
 
 
 class StepOffsetBias(nn.Module):

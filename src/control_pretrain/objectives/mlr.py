@@ -14,7 +14,6 @@ state positions (not only the masked cells: every frame is partly masked).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from ..models.blocks import Block
 from ..models.ema import ema_update
+from ..models.positions import sinusoid
 
 
 @dataclass
@@ -31,16 +31,6 @@ class MLRConfig:
     n_head: int = 1
     mlp_ratio: int = 2
     tau: float = 0.05  # momentum: target <- (1 - tau) target + tau online (0.1 for walker in the reference)
-
-
-def sinusoid_table(length: int, dim: int) -> Tensor:
-    """(length, dim) fixed sinusoidal embedding of positions 0..length-1 (Vaswani et al. 2017)."""
-    pos = torch.arange(length, dtype=torch.float32)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (ceil(d/2),)
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return table
 
 
 def mlr_loss(prediction: Tensor, target: Tensor) -> Tensor:
@@ -60,7 +50,7 @@ class LatentReconstruction(nn.Module):
         self.config = config or MLRConfig()
         D = latent_dim
         self.action_embed = nn.Linear(action_dim, D)
-        self.register_buffer("time_embed", sinusoid_table(clip_len, D), persistent=False)  # (K, D)
+        self.register_buffer("time_embed", sinusoid(clip_len, D), persistent=False)  # (K, D)
         self.blocks = nn.ModuleList([Block(D, self.config.n_head, 0.0, self.config.mlp_ratio, qkv_bias=False)
                                      for _ in range(self.config.n_layer)])
         self.projection = projection_mlp(D)
