@@ -77,7 +77,7 @@ def test_clear_errors_exit_2(straight, tmp_path, capsys):
         (["--output_dir", str(tmp_path / "empty"), "--resume"], "nothing to resume"),
         (["--output_dir", str(straight), "--resume", *(f"--sac.{k}={v}" for k, v in TINY.items())], "finished"),
         (["--output_dir", str(straight)], "another run"),
-        (["--output_dir", str(tmp_path / "px"), "--obs_type", "pixels"], "MLR"),
+        (["--output_dir", str(tmp_path / "px"), "--agent", "sac_mlr"], "learns from pixels"),
     ]
     for extra, needle in cases:
         assert main([*common, *extra]) == 2, extra

@@ -1,10 +1,12 @@
-"""The online-RL loop every agent runs in (SAC today; MLR and MWM plug in through the same ``Agent`` protocol).
+"""The online-RL loop every agent runs in (state SAC, pixel SAC and SAC+MLR; MWM plugs in through the same
+``Agent`` protocol).
 
 One episode at a time: uniformly random actions for the first ``init_steps`` agent steps (SAC-AE's seed phase),
 then the agent's sampled actions; every step goes to the replay buffer and earns ``updates_per_step`` gradient
 updates (fractional credit is carried over, so 0.25 means one update every 4 steps; when learning starts the loop
-catches up with ``init_steps`` updates at once, as SAC-AE's ``num_updates = init_steps`` first step does). After
-each episode: training metrics, a deterministic evaluation every ``eval_every`` steps, and an in-memory snapshot
+catches up with ``init_steps`` updates at once with ``catch_up``, as SAC-AE's ``num_updates = init_steps`` first step
+does; CURL and MLR do not). After
+each episode: training metrics (means over the episode's updates), a deterministic evaluation every ``eval_every`` steps, and an in-memory snapshot
 of everything a resumed run needs to continue exactly (agent, counters, the RNG states of torch, numpy and both
 environments' tasks, the replay buffer's cursor). ``save_snapshot`` writes it (with or without the replay rows:
 collect/sac.py rebuilds them from the dataset file it records) and ``load_snapshot`` continues from it.
@@ -54,16 +56,14 @@ def replay_capacity(num_steps: int) -> int:
 
 
 class Agent(Protocol):
-    """What the loop needs from an agent. ``update`` takes a batch as ``ReplayBuffer.sample`` returns it."""
+    """What the loop needs from an agent. ``train_step`` samples what one update needs from the replay buffer (a
+    batch of transitions; MLR also clips) and runs it."""
 
     num_updates: int
 
-    @property
-    def batch_size(self) -> int: ...
-
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray: ...
 
-    def update(self, *batch: torch.Tensor) -> dict[str, float]: ...
+    def train_step(self, replay: ReplayBuffer) -> dict[str, float]: ...
 
     def state_dict(self) -> dict: ...
 
@@ -75,6 +75,7 @@ class LoopConfig:
     num_steps: int  # agent steps to run (in whole episodes: the last one may overrun)
     init_steps: int = 1000  # uniformly random actions first; updates start after them
     updates_per_step: float = 1.0
+    catch_up: bool = True  # init_steps updates at once when learning starts (SAC-AE)
     eval_every: int = 10000  # agent steps between deterministic evaluations (0: never)
     eval_episodes: int = 5
     seed: int = 0  # the warm-up action RNG
@@ -111,7 +112,7 @@ class OnlineLoop:
         self.update_credit = 0.0  # fractional updates owed (updates_per_step may be < 1)
         self.next_eval = cfg.eval_every
         self.last_eval_step = -1
-        self.last_info: dict[str, float] = {}
+        self.info_sums: dict[str, list[float]] = {}  # update metrics since the last episode: [sum, count]
         self.snapshot: dict | None = None
         self.snapshot_extra: Callable[[], dict] | None = None  # more state a caller keeps in each snapshot
         self._replay_cursor = replay.cursor()
@@ -130,12 +131,14 @@ class OnlineLoop:
         cfg = self.cfg
         if self.step < cfg.init_steps:
             return
-        if self.step == cfg.init_steps:  # SAC-AE: catch up with init_steps updates when learning starts
+        if self.step == cfg.init_steps and cfg.catch_up:  # SAC-AE: init_steps updates when learning starts
             self.update_credit += cfg.init_steps * cfg.updates_per_step
         else:
             self.update_credit += cfg.updates_per_step
         while self.update_credit >= 1.0:
-            self.last_info = self.agent.update(*self.replay.sample(self.agent.batch_size))
+            for k, v in self.agent.train_step(self.replay).items():
+                acc = self.info_sums.setdefault(k, [0.0, 0])
+                acc[0], acc[1] = acc[0] + v, acc[1] + 1
             self.update_credit -= 1.0
 
     def play_episode(self) -> float:
@@ -165,7 +168,8 @@ class OnlineLoop:
             self._log(**{"train/episode_return": ret, "episode": self.episodes,
                          "train/steps_per_s": (self.step - steps0) / dt,
                          "train/updates_per_s": (self.agent.num_updates - updates0) / dt},
-                      **{f"train/{k}": v for k, v in self.last_info.items()})
+                      **{f"train/{k}": total / n for k, (total, n) in self.info_sums.items()})  # episode means
+            self.info_sums = {}
             if self.cfg.eval_every and self.step >= self.next_eval:
                 self.evaluate()
                 while self.next_eval <= self.step:

@@ -42,8 +42,25 @@ class OnlineRun:
     eval_every: int = 10000
     eval_episodes: int = 5
     checkpoint_every: int = CHECKPOINT_EVERY
-    action_repeat: int = 4
+    action_repeat: int | None = None  # default: 4 for state, the paper's per-domain value for pixels
     device: str = "cpu"
+    preset: str = "paper"  # pixel agents: agents/pixel_presets.py
+
+    @property
+    def repeat(self) -> int:
+        if self.action_repeat is not None:
+            return self.action_repeat
+        from .pixel_presets import DEFAULT_ACTION_REPEAT, paper_action_repeat
+
+        return paper_action_repeat(self.domain) if self.obs_type == "pixels" else DEFAULT_ACTION_REPEAT
+
+    def options(self) -> dict:
+        """The agent's options: for pixels the paper's per-domain values, the preset, then ``overrides``."""
+        if self.obs_type != "pixels":
+            return dict(self.overrides)
+        from .pixel_presets import preset_options
+
+        return preset_options(self.domain, self.preset, self.overrides)
 
     @property
     def folder(self) -> str:
@@ -51,21 +68,31 @@ class OnlineRun:
 
     def identity(self) -> dict:
         """What must match for ``--resume`` to continue a folder's run (evaluation and device may change)."""
-        keep = ("agent", "domain", "task", "num_steps", "obs_type", "seed", "record", "overrides", "action_repeat")
-        return {k: v for k, v in asdict(self).items() if k in keep}
+        keep = ("agent", "domain", "task", "num_steps", "obs_type", "seed", "record", "overrides")
+        identity = {k: v for k, v in asdict(self).items() if k in keep}
+        identity["action_repeat"] = self.repeat
+        if self.obs_type == "pixels":
+            identity["preset"] = self.preset
+        return identity
 
 
 def check_run(run: OnlineRun) -> None:
     """Options that cannot work, before anything is written."""
-    from .registry import AGENTS
+    from .registry import AGENT_NAMES, AGENTS
 
-    if run.agent not in AGENTS:
-        raise ArgumentError(f"--agent {run.agent!r} is unknown; available: {', '.join(AGENTS)}.")
-    if run.obs_type == "pixels":
-        raise ArgumentError("--obs_type pixels: SAC from pixels arrives with issue [6/9] (MLR, issue 17); use "
-                            "--obs_type state for now.")
-    if run.obs_type != "state":
+    if run.agent not in AGENT_NAMES:
+        raise ArgumentError(f"--agent {run.agent!r} is unknown; available: {', '.join(AGENT_NAMES)}.")
+    if run.obs_type not in ("state", "pixels"):
         raise ArgumentError(f"--obs_type must be state or pixels, got {run.obs_type!r}.")
+    if (run.agent, run.obs_type) not in AGENTS:
+        kinds = [o for a, o in AGENTS if a == run.agent]
+        raise ArgumentError(f"--agent {run.agent} learns from {' or '.join(kinds)}, not --obs_type {run.obs_type}.")
+    try:
+        AGENTS[run.agent, run.obs_type][0].from_dict(run.options())
+    except ValueError as err:
+        raise ArgumentError(f"--{run.agent}.* options for --obs_type {run.obs_type}: {err}") from None
+    if run.record and run.obs_type == "pixels":
+        raise ArgumentError("--record writes state SAC's replay (collect --policy sac); pixel agents cannot record.")
     if run.device.startswith("cuda"):
         import torch
 
@@ -128,7 +155,7 @@ def _record(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
     from ..collect.sac import collect_sac
 
     job = CollectJob(domain=run.domain, task=run.task, replay_id=run.seed, num_steps=run.num_steps,
-                     data_dir_prefix=run.folder, policy="sac", seed=run.seed, action_repeat=run.action_repeat,
+                     data_dir_prefix=run.folder, policy="sac", seed=run.seed, action_repeat=run.repeat,
                      resume=run.resume, sac=run.overrides, save_agent=True, eval_every=run.eval_every,
                      eval_episodes=run.eval_episodes, checkpoint_every=run.checkpoint_every)
     return collect_sac(job, progress, metrics_dir=run.folder, device=run.device)
@@ -138,20 +165,21 @@ def _train(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
     import torch
 
     from ..collect.job import check_stop
-    from ..envs.dmc import make_env
     from .metric_log import MetricLog
     from .registry import make_loop
 
-    if run.device == "cpu":
-        torch.set_num_threads(1)  # a state-SAC update is too small to split across threads (agents/sac.py)
     state_path, agent_path = os.path.join(run.folder, STATE_FILE), os.path.join(run.folder, AGENT_FILE)
-    env = make_env(run.domain, run.task, seed=run.seed, action_repeat=run.action_repeat)
-    eval_env = make_env(run.domain, run.task, seed=run.seed + EVAL_SEED_OFFSET, action_repeat=run.action_repeat)
+    pixels = run.obs_type == "pixels"
+    if run.device == "cpu" and not pixels:
+        torch.set_num_threads(1)  # a state-SAC update is too small to split across threads (agents/sac.py)
+    options = run.options()
+    env, eval_env = (make_run_env(run, options, seed) for seed in (run.seed, run.seed + EVAL_SEED_OFFSET))
     metrics = MetricLog(run.folder)
     try:
-        loop = make_loop(run.agent, env, run.overrides, run.num_steps, run.seed, eval_env=eval_env,
+        loop = make_loop(run.agent, env, options, run.num_steps, run.seed, eval_env=eval_env,
                          eval_every=run.eval_every, eval_episodes=run.eval_episodes, device=run.device,
-                         metrics=metrics, check_stop=check_stop)
+                         metrics=metrics, check_stop=check_stop, obs_type=run.obs_type)
+        log.info("%s", header(run, loop.agent))
         if run.resume:
             loop.load_snapshot(torch.load(state_path, map_location="cpu", weights_only=True))
             log.info("%s: resuming at step %d (%d episodes)", run.folder, loop.step, loop.episodes)
@@ -176,3 +204,31 @@ def _train(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
         env.close()
         eval_env.close()
     return agent_path
+
+
+def make_run_env(run: OnlineRun, options: dict, seed: int):
+    """The run's environment: flat state observations, or frame stacks of renders (envs/pixel_env.py)."""
+    from ..envs.dmc import make_env
+
+    if run.obs_type != "pixels":
+        return make_env(run.domain, run.task, seed=seed, action_repeat=run.repeat)
+    from ..envs.pixel_env import PixelEnv
+    from .pixel_sac import PixelSACConfig
+
+    cfg = PixelSACConfig.from_dict(options)
+    env = make_env(run.domain, run.task, seed=seed, action_repeat=run.repeat, pixels=True, height=cfg.render_size,
+                   width=cfg.render_size)
+    return PixelEnv(env, cfg.frame_stack)
+
+
+def header(run: OnlineRun, agent) -> str:
+    """What is trained on what, and for pixel agents every reduction from the paper's configuration."""
+    line = (f"{run.agent} on {run.domain}-{run.task} from {run.obs_type}: {run.num_steps} agent steps x action "
+            f"repeat {run.repeat} = {run.num_steps * run.repeat} env steps, seed {run.seed}, {run.device}, "
+            f"output {run.folder}")
+    if run.obs_type != "pixels":
+        return line
+    from .pixel_presets import reductions, run_label
+
+    found = reductions(run.domain, agent.cfg, run.repeat, run.num_steps, run.eval_every, run.eval_episodes)
+    return f"{line}\n  preset {run.preset}: {run_label(found)}"

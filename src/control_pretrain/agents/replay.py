@@ -103,10 +103,20 @@ class ReplayBuffer:
     def add_step(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminal: bool,
                  timeout: bool) -> None:
         """One environment step as the loop sees it. DMC time limits are not terminations: bootstrap through them
-        (SAC-AE's ``done_bool`` is 0 at the time limit)."""
+        (SAC-AE's ``done_bool`` is 0 at the time limit). With ``frame_stack`` > 1 the observations may be the
+        stacks the agent sees (envs/pixel_env.py): only their newest frame is stored, the rest is rebuilt."""
         end = terminal or timeout
+        if self.frame_stack > 1 and obs.shape != self.obs.shape[1:]:
+            obs, next_obs = self.newest_frame(obs), self.newest_frame(next_obs)
         self.add(obs[None], action[None], np.array([reward]), np.array([0.0 if terminal else 1.0]),
                  np.array([end]), next_obs[None] if end else None)
+
+    def newest_frame(self, stack: np.ndarray) -> np.ndarray:
+        """The last frame (C, H, W) of a frame stack (frame_stack * C, H, W)."""
+        if stack.shape != self.stacked_shape:
+            raise ValueError(f"expected a frame or a stack of {self.frame_stack} frames {self.stacked_shape}, got "
+                             f"{stack.shape}")
+        return stack[-self.obs.shape[1]:]
 
     @property
     def stacked_shape(self) -> tuple[int, ...]:

@@ -53,6 +53,7 @@ class SACConfig:
     log_std_max: float = 2.0
     init_steps: int = 1000  # uniformly random actions first (SAC-AE init_steps); updates start after them
     updates_per_step: float = 1.0  # gradient updates per agent step once init_steps have passed
+    catch_up: bool = True  # SAC-AE: init_steps updates at once when learning starts (CURL and MLR: none)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> SACConfig:
@@ -116,25 +117,37 @@ class Critic(nn.Module):
 
 class SACAgent:
     """Actor, twin critics, target critics and temperature, with their optimisers, float32 on ``device`` (CPU or
-    GPU). Follows the agent protocol of agents/loop.py (act, update, state_dict, load_state_dict)."""
+    GPU). Follows the agent protocol of agents/loop.py (act, train_step, state_dict, load_state_dict)."""
+
+    config_class = SACConfig
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: SACConfig | None = None,
                  device: str | torch.device = "cpu") -> None:
         self.cfg = cfg = cfg or SACConfig()
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.device = torch.device(device)
-        self.actor = Actor(obs_dim, action_dim, cfg).to(self.device)
-        self.critic = Critic(obs_dim, action_dim, cfg).to(self.device)
-        self.critic_target = Critic(obs_dim, action_dim, cfg).to(self.device)
+        feature_dim = self.make_encoders()
+        self.actor = Actor(feature_dim, action_dim, cfg).to(self.device)
+        self.critic = Critic(feature_dim, action_dim, cfg).to(self.device)
+        self.critic_target = Critic(feature_dim, action_dim, cfg).to(self.device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature), device=self.device))
         self.target_entropy = -float(action_dim)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, betas=(cfg.actor_beta, 0.999))
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr,
-                                           betas=(cfg.critic_beta, 0.999))
+        self.actor_opt = torch.optim.Adam([*self.actor.parameters(), *self.encoder_parameters("actor")],
+                                          lr=cfg.actor_lr, betas=(cfg.actor_beta, 0.999))
+        self.critic_opt = torch.optim.Adam([*self.critic.parameters(), *self.encoder_parameters("critic")],
+                                           lr=cfg.critic_lr, betas=(cfg.critic_beta, 0.999))
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, betas=(cfg.alpha_beta, 0.999))
         self.num_updates = 0
+
+    def make_encoders(self) -> int:
+        """Build the observation encoders (none for state SAC); returns the feature width the MLPs read."""
+        return self.obs_dim
+
+    def encoder_parameters(self, role: str) -> list[nn.Parameter]:
+        """Encoder weights the ``role`` ("actor" or "critic") optimiser steps besides its MLP (none here)."""
+        return []
 
     @property
     def batch_size(self) -> int:
@@ -147,48 +160,85 @@ class SACAgent:
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """One action in [-1, 1] for one observation (the mean action if ``deterministic``)."""
-        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)  # (1, O)
+        features = self.actor_features(self.observation_batch(obs))  # (1, F)
         if deterministic:
-            action = torch.tanh(self.actor(o)[0])
+            action = torch.tanh(self.actor(features)[0])
         else:
-            action = self.actor.sample(o)[0]
+            action = self.actor.sample(features)[0]
         return action[0].cpu().numpy()
+
+    def observation_batch(self, obs: np.ndarray) -> torch.Tensor:
+        """One environment observation as the batch of one that the actor reads."""
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)  # (1, O)
+
+    def train_step(self, replay) -> dict[str, float]:
+        """One update on a batch sampled from ``replay`` (what the online loop calls)."""
+        return self.update(*replay.sample(self.batch_size))
 
     def update(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
                not_done: torch.Tensor) -> dict[str, float]:
         """One critic update (and, every few, an actor/temperature and target update) on a batch on the agent's
         device. Shapes: obs/next_obs (B, O), action (B, A), reward/not_done (B, 1)."""
+        info = self.update_critic(obs, action, reward, next_obs, not_done)
+        if self.num_updates % self.cfg.actor_update_every == 0:
+            info.update(self.update_actor(obs))
+        if self.num_updates % self.cfg.target_update_every == 0:
+            self.update_targets()
+        return info
+
+    # The features each network reads. State SAC reads observations as they are; pixel agents (agents/pixel_sac.py)
+    # put their encoders here, so the losses below are the same code for both.
+    def critic_features(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs
+
+    def actor_features(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs
+
+    def target_features(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs
+
+    def update_critic(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
+                      not_done: torch.Tensor) -> dict[str, float]:
         cfg = self.cfg
         with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(next_obs)
-            target_q = self.critic_target(next_obs, next_action).min(0).values  # (B, 1)
+            next_action, next_log_prob = self.actor.sample(self.actor_features(next_obs))
+            target_q = self.critic_target(self.target_features(next_obs), next_action).min(0).values  # (B, 1)
             target = reward + cfg.discount * not_done * (target_q - self.alpha * next_log_prob)  # (B, 1)
-        q = self.critic(obs, action)  # (2, B, 1)
+        q = self.critic(self.critic_features(obs), action)  # (2, B, 1)
         critic_loss = F.mse_loss(q, target.unsqueeze(0).expand_as(q), reduction="none").mean(dim=(1, 2)).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
         self.num_updates += 1
-        info = {"critic_loss": critic_loss.item()}
+        return {"critic_loss": critic_loss.item()}
 
-        if self.num_updates % cfg.actor_update_every == 0:
-            self.critic.requires_grad_(False)  # the actor loss must not write critic gradients
-            pi, log_prob = self.actor.sample(obs)  # (B, A), (B, 1)
-            actor_q = self.critic(obs, pi).min(0).values  # (B, 1)
-            actor_loss = (self.alpha.detach() * log_prob - actor_q).mean()
-            self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_opt.step()
-            self.critic.requires_grad_(True)
-            alpha_loss = (self.alpha * (-log_prob.detach() - self.target_entropy)).mean()
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
-            info.update(actor_loss=actor_loss.item(), alpha=self.alpha.item(), entropy=-log_prob.mean().item())
+    def update_actor(self, obs: torch.Tensor) -> dict[str, float]:
+        """Actor and temperature. The critic (and its encoder) only scores the actions: no gradient reaches it."""
+        with torch.no_grad():
+            critic_obs = self.critic_features(obs)
+        self.critic.requires_grad_(False)  # the actor loss must not write critic gradients
+        pi, log_prob = self.actor.sample(self.actor_features(obs))  # (B, A), (B, 1)
+        actor_q = self.critic(critic_obs, pi).min(0).values  # (B, 1)
+        actor_loss = (self.alpha.detach() * log_prob - actor_q).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.critic.requires_grad_(True)
+        alpha_loss = (self.alpha * (-log_prob.detach() - self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return {"actor_loss": actor_loss.item(), "alpha": self.alpha.item(), "entropy": -log_prob.mean().item()}
 
-        if self.num_updates % cfg.target_update_every == 0:
-            ema_update(self.critic_target, self.critic, cfg.tau)  # SAC-AE's soft_update_params(critic_tau)
-        return info
+    def update_targets(self) -> None:
+        ema_update(self.critic_target, self.critic, self.cfg.tau)  # SAC-AE's soft_update_params(critic_tau)
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The modules a snapshot holds, by name (pixel agents add their encoders)."""
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_opt, "critic": self.critic_opt, "alpha": self.alpha_opt}
 
     def state_dict(self, with_optimizers: bool = True) -> dict:
         """Config, sizes and weights (and optimiser states): everything ``from_state_dict`` needs. The layout of
@@ -197,36 +247,32 @@ class SACAgent:
             "config": asdict(self.cfg),
             "obs_dim": self.obs_dim,
             "action_dim": self.action_dim,
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
+            **{name: net.state_dict() for name, net in self.networks().items()},
             "log_alpha": self.log_alpha.detach().clone(),
             "num_updates": self.num_updates,
         }
         if with_optimizers:
-            state["optimizers"] = {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict(),
-                                   "alpha": self.alpha_opt.state_dict()}
+            state["optimizers"] = {name: opt.state_dict() for name, opt in self.optimizers().items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         """Load weights, temperature, counter (and optimisers, if saved) of the same sizes, from any device."""
-        if (state["obs_dim"], state["action_dim"]) != (self.obs_dim, self.action_dim):
+        saved_obs = tuple(state["obs_dim"]) if isinstance(state["obs_dim"], list | tuple) else state["obs_dim"]
+        if (saved_obs, state["action_dim"]) != (self.obs_dim, self.action_dim):
             raise ValueError(f"saved agent has obs {state['obs_dim']} / actions {state['action_dim']}, this one "
                              f"{self.obs_dim} / {self.action_dim}")
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
+        for name, net in self.networks().items():
+            net.load_state_dict(state[name])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
         self.num_updates = int(state["num_updates"])
         if "optimizers" in state:  # Optimizer.load_state_dict moves the moments to each parameter's device
-            self.actor_opt.load_state_dict(state["optimizers"]["actor"])
-            self.critic_opt.load_state_dict(state["optimizers"]["critic"])
-            self.alpha_opt.load_state_dict(state["optimizers"]["alpha"])
+            for name, opt in self.optimizers().items():
+                opt.load_state_dict(state["optimizers"][name])
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | torch.device = "cpu") -> SACAgent:
-        agent = cls(state["obs_dim"], state["action_dim"], SACConfig.from_dict(state["config"]), device=device)
+        agent = cls(state["obs_dim"], state["action_dim"], cls.config_class.from_dict(state["config"]), device=device)
         agent.load_state_dict(state)
         return agent
 

@@ -1,4 +1,4 @@
-"""``python src/dmc_online.py``: train an online agent (SAC today) in dm_control, with evaluation curves and
+"""``python src/dmc_online.py``: train an online agent (state SAC, pixel SAC, SAC+MLR) in dm_control, with evaluation curves and
 ``--resume`` (agents/online_run.py says what its output folder holds)."""
 
 from __future__ import annotations
@@ -13,14 +13,20 @@ from ..errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     from ..agents.online_run import CHECKPOINT_EVERY
-    from ..agents.registry import AGENTS
+    from ..agents.pixel_presets import PRESETS
+    from ..agents.registry import AGENT_NAMES, AGENTS
 
+    AGENTS_BY_NAME = {n: [o for a, o in AGENTS if a == n] for n in AGENT_NAMES}
     p = argparse.ArgumentParser(prog="dmc_online.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--agent", default="sac", choices=sorted(AGENTS))
+    p.add_argument("--agent", default="sac", choices=AGENT_NAMES,
+                   help="sac: state or pixel SAC; sac_mlr: pixel SAC with MLR's auxiliary loss")
     p.add_argument("--domain", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--obs_type", default="state", choices=["state", "pixels"],
-                   help="what the agent sees (pixels: with the MLR issue)")
+                   help="what the agent sees (pixels: 100 px renders, 3 stacked, cropped to 84)")
+    p.add_argument("--preset", default="paper", choices=list(PRESETS),
+                   help="pixel agents: the paper's configuration or a cheaper one (agents/pixel_presets.py); the "
+                   "run header lists every reduction")
     p.add_argument("--num_steps", type=int, required=True, help="agent steps (whole episodes)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output_dir", default=None, help="default runs/online/{agent}_{domain}_{task}_s{seed}")
@@ -31,14 +37,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval_episodes", type=int, default=5)
     p.add_argument("--checkpoint_every", type=int, default=CHECKPOINT_EVERY,
                    help="episodes between saves of the resume state")
-    p.add_argument("--action_repeat", type=int, default=4)
+    p.add_argument("--action_repeat", type=int, default=None,
+                   help="default 4 for state, the paper's per-domain value for pixels (cartpole 8, walker 2, ...)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    for name, (config_cls, _) in AGENTS.items():
-        g = p.add_argument_group(f"{name} options (defaults: {config_cls.__module__})")
-        for f in fields(config_cls):
-            g.add_argument(f"--{name}.{f.name}", type=type(f.default), default=None,
-                           metavar=type(f.default).__name__.upper(), help=f"default {f.default}")
+    for name in AGENT_NAMES:
+        defaults: dict[str, dict] = {}  # option -> {obs type: default} over the agent's configs
+        for (agent, obs_type), (config_cls, _) in AGENTS.items():
+            if agent == name:
+                for f in fields(config_cls):
+                    defaults.setdefault(f.name, {})[obs_type] = f.default
+        g = p.add_argument_group(f"{name} options (agents/sac.py, agents/pixel_sac.py, agents/pixel_presets.py)")
+        for option, by_kind in defaults.items():
+            default = next(iter(by_kind.values()))
+            if len(set(by_kind.values())) == 1 and len(by_kind) == len(AGENTS_BY_NAME[name]):
+                text = f"default {default}"
+            else:
+                text = "default " + ", ".join(f"{v} ({k})" for k, v in by_kind.items())
+            g.add_argument(f"--{name}.{option}", type=_bool if isinstance(default, bool) else type(default),
+                           default=None, metavar=type(default).__name__.upper(), help=text)
     return p
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                     obs_type=args.obs_type, seed=args.seed, output_dir=args.output_dir, resume=args.resume,
                     record=args.record, overrides=overrides, eval_every=args.eval_every,
                     eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
-                    action_repeat=args.action_repeat, device=args.device)
+                    action_repeat=args.action_repeat, device=args.device, preset=args.preset)
     try:
         print(train_online(run))
     except UserError as err:
