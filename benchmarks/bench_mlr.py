@@ -78,10 +78,10 @@ def main() -> None:
                      f"{spec}" if spec else "-"])
     text = "\n".join([
         SECTION, "",
-        f"{datetime.date.today()}, {platform.machine()} with {os.cpu_count()} cores, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; `python benchmarks/bench_mlr.py "
-        f"--presets {args.presets} --rounds {args.rounds}`. Median of {args.rounds} rounds of 2 updates, arms "
-        "round-robin, random 100 px frames.", "",
+        (f"{datetime.date.today()}, {platform.machine()} with {os.cpu_count()} cores, torch "
+         f"{torch.__version__}, {torch.get_num_threads()} threads; `python benchmarks/bench_mlr.py "
+         f"--presets {args.presets} --rounds {args.rounds}`. Median of {args.rounds} rounds of 2 updates, arms "
+         "round-robin, random 100 px frames."), "",
         markdown_table(["preset", "agent", "SAC batch", "MLR clips x frames", "filters", "s / update",
                         "spec (mlr_mwm.md §C.2)"], rows),
     ])

@@ -131,3 +131,130 @@ def test_mlr_update_steps_encoder_and_head_on_the_reference_schedule_and_moves_t
     updater.update_targets()
     expected = momentum_before + 0.05 * (encoder.convs[0].weight - momentum_before)
     torch.testing.assert_close(updater.momentum.convs[0].weight, expected)
+
+
+# -- MLR as an offline objective on the trunk's CNN (objectives/mlr_objective.py) ---------------------------------
+
+def mlr_module(obs_type="pixels", with_smart=False):
+    from conftest import ACTION_DIM, OBS_DIM, C, K
+
+    from control_pretrain.lit.pretrain_module import PretrainModule
+
+    mlr = {"class_path": "control_pretrain.objectives.MaskedLatentReconstructionObjective",
+           "init_args": {"config": {"clip_len": K, "block": 2, "tau": 0.25}}}
+    smart = [{"class_path": "control_pretrain.objectives.InverseDynamicsObjective"}] if with_smart else []
+    return PretrainModule(obs_type=obs_type, obs_dim=OBS_DIM, action_dim=ACTION_DIM, n_layer=1, n_head=2, n_embd=C,
+                          context_length=K, max_timestep=64, lr=1e-3, lr_schedule="constant",
+                          objectives=[*smart, mlr])
+
+
+def step(module, optimizer, batch):
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = module.compute_losses(batch)["loss"]
+        loss.backward()
+        return loss
+    module.optimizer_step(0, 0, optimizer, closure)
+
+
+def test_mlr_objective_trains_the_cnn_and_head_and_moves_its_momentum_every_second_step(tmp_path):
+    from conftest import make_batch
+
+    torch.manual_seed(0)
+    module = mlr_module().train()
+    optimizer = module.configure_optimizers()
+    batch = make_batch("pixels")
+    objective = module.objective("mlr")
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    step(module, optimizer, batch)  # the first step copies the CNN into the momentum encoder
+    cnn = dict(module.model.obs_encoder.named_parameters())
+    for n, p in module.named_parameters():
+        learns = n.startswith("model.obs_encoder.") or (n.startswith("objectives.mlr_objective.head.")
+                                                         and ".target_projection." not in n)
+        assert (p.grad is not None and not torch.equal(p, before[n])) == learns, n
+    momentum = {n: p.detach().clone() for n, p in objective.momentum.named_parameters()}
+    for n, p in momentum.items():  # no EMA yet (step 1 of 2): the momentum is the CNN before the step
+        assert torch.equal(p, before[f"model.obs_encoder.{n}"]), n
+    step(module, optimizer, batch)
+    for n, p in objective.momentum.named_parameters():
+        torch.testing.assert_close(p, 0.75 * momentum[n] + 0.25 * cnn[n].detach(), rtol=0, atol=1e-6)
+        assert not p.requires_grad
+    # save -> load through weights_only gives the same loss under the same masks
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, tmp_path / "m.pt")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    fresh = type(module)(**saved["hyper_parameters"])
+    fresh.load_state_dict(saved["state_dict"])
+    losses = []
+    for m in (module.eval(), fresh.eval()):
+        torch.manual_seed(3)
+        losses.append(m.compute_losses(batch)["mlr_loss"])
+    assert torch.equal(*losses) and 0.0 <= losses[0].item() <= 4.0
+
+
+def test_mlr_objective_beside_smart_objectives_and_refusals():
+    from conftest import make_batch
+
+    torch.manual_seed(0)
+    module = mlr_module(with_smart=True)
+    losses = module.compute_losses(make_batch("pixels"))
+    assert {"inverse_loss", "mlr_loss"} <= set(losses)
+    torch.testing.assert_close(losses["loss"], (losses["inverse_loss"] + losses["mlr_loss"]) / 2)
+    with pytest.raises(ValueError, match="obs_type pixels"):
+        mlr_module("state").compute_losses(make_batch("state"))
+    with pytest.raises(ValueError, match="multiple of the temporal block size"):
+        from control_pretrain.objectives import MaskedLatentReconstructionObjective, MLRObjectiveConfig
+        MaskedLatentReconstructionObjective(32, 4, MLRObjectiveConfig(clip_len=6, block=4))
+
+
+@pytest.fixture(scope="module")
+def mlr_pretrained(pixel_dir, tmp_path_factory):
+    """``dmc_pretrain.py --method mlr`` on real (fast-rendered) pixel windows, tiny."""
+    from conftest import TINY_ARGS, run_in_process
+
+    import dmc_pretrain
+
+    out = tmp_path_factory.mktemp("mlr_pretrain")
+    cli = run_in_process(dmc_pretrain.main, [
+        "--method", "mlr", "--multi_config", "configs/pretrain_configs/multipretrain_source_test.json",
+        "--source_data_type", "rand", "--train_replay_id", "1", "--epochs", "1", "--num_steps", "1000",
+        "--output_dir", str(out), "--data_dir_prefix", str(pixel_dir), "--obs_type", "pixels", *TINY_ARGS,
+        "--context_length", "16"])
+    assert [o.name for o in cli.model.objectives.values()] == ["mlr"]
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_method_mlr_pretrains_the_cnn_and_bc_finetuning_loads_it(mlr_pretrained):
+    from control_pretrain.lit.downstream_module import DownstreamModule
+
+    state = torch.load(mlr_pretrained, map_location="cpu", weights_only=True)["state_dict"]
+    assert bool(state["objectives.mlr_objective.synced"])  # the momentum encoder started as the CNN ...
+    momentum = state["objectives.mlr_objective.momentum.net.0.weight"]
+    assert not torch.equal(state["model.obs_encoder.net.0.weight"], momentum)  # ... which trained ahead of it
+    finetune = DownstreamModule(domain="cartpole", task="swingup", obs_type="pixels", model_type="naive",
+                                n_layer=1, n_embd=32, n_head=2, context_length=16, load_model_from=str(mlr_pretrained))
+    for name, p in finetune.model.obs_encoder.state_dict().items():
+        assert torch.equal(p, state[f"model.obs_encoder.{name}"]), name
+
+
+def test_pixel_sac_starts_from_a_pretrained_cnn_and_keeps_it_frozen(mlr_pretrained, tmp_path):
+    """``dmc_online.py --agent sac --obs_type pixels --encoder_from CKPT --freeze_encoder``: the pipeline's CNN on
+    each stacked frame, loaded from the checkpoint and never stepped; the encoder heads still learn."""
+    from conftest import run_script
+
+    base = ["--agent", "sac", "--obs_type", "pixels", "--domain", "cartpole", "--task", "swingup", "--num_steps",
+            "100", "--eval_every", "0"]  # one episode of 125 steps, learning from step 119
+    res = run_script("dmc_online.py", *base, "--output_dir", str(tmp_path / "run"), "--encoder_from",
+                     str(mlr_pretrained), "--freeze_encoder", "--sac.batch_size", "4", "--sac.hidden_dim", "16",
+                     "--sac.init_steps", "119")
+    assert res.returncode == 0, res.stderr
+    assert "encoder smart (paper curl)" in res.stderr and "freeze_encoder True (paper False)" in res.stderr
+    cnn = torch.load(mlr_pretrained, map_location="cpu", weights_only=True)["state_dict"]
+    agent = torch.load(tmp_path / "run" / "agent.pt", weights_only=True)
+    assert agent["config"]["frame_embd"] == 32 and agent["num_updates"] == 7
+    for name in ("encoder", "actor_encoder", "target_encoder"):
+        for k, v in cnn.items():
+            if k.startswith("model.obs_encoder."):
+                assert torch.equal(agent[name]["convs." + k[len("model.obs_encoder."):]], v), (name, k)
+    res = run_script("dmc_online.py", *base, "--output_dir", str(tmp_path / "bad"), "--encoder_from",
+                     str(tmp_path / "missing.ckpt"))
+    assert res.returncode == 2 and "no such file" in res.stderr

@@ -62,6 +62,11 @@ def command(preset: dict, task: str, arm: str, seed: int, folder: str) -> list[s
             "--checkpoint_every", "5", "--device", preset["device"], "--output_dir", folder]
 
 
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_metrics(folder: str) -> tuple[list[dict], float]:
     """The run's records (a record logged again after a resume replaces the earlier one) and its wall time over
     all jobs (``wall_s`` restarts at 0 in each job)."""
@@ -107,8 +112,8 @@ def run_cell(preset_name: str, task: str, arm: str, seed: int, dry_run: bool) ->
     folder = os.path.join(HERE, "runs", preset_name, cell_name(task, arm, seed))
     cell = {"preset": preset_name, "task": task, "arm": arm, "seed": seed, "env_steps": preset["env_steps"],
             "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-            "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True).stdout.strip()}
+            "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                     check=False).stdout.strip()}
     if arm == "random":
         if dry_run:
             print(f"random policy on {task}, seed {seed}")
@@ -126,7 +131,7 @@ def run_cell(preset_name: str, task: str, arm: str, seed: int, dry_run: bool) ->
             subprocess.run(cmd, check=True, cwd=ROOT)
         records, wall = read_metrics(folder)
         evals = [m for m in records if "eval/return_mean" in m]
-        repeat = json.load(open(os.path.join(folder, "run.json")))["action_repeat"]
+        repeat = read_json(os.path.join(folder, "run.json"))["action_repeat"]
         episodes = [m for m in records if "train/updates_per_s" in m]
         cell.update(command=" ".join(["python", *[os.path.relpath(c, ROOT) if c.startswith(ROOT) else c
                                                   for c in cmd[1:] if c != "--resume"]]),
@@ -145,9 +150,9 @@ def run_cell(preset_name: str, task: str, arm: str, seed: int, dry_run: bool) ->
 
 def report(preset_name: str) -> str:
     folder = os.path.join(HERE, "results", preset_name, "cells")
-    cells = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
-    lines = ["| task | arm | seed | final return (mean ± std over eval episodes) | evaluations (env steps: return) | "
-             "wall time | updates/s |", "|---|---|---|---|---|---|---|"]
+    cells = [read_json(os.path.join(folder, f)) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    lines = [("| task | arm | seed | final return (mean ± std over eval episodes) | evaluations (env steps: return) | "
+              "wall time | updates/s |"), "|---|---|---|---|---|---|---|"]
     for c in cells:
         curve = ", ".join(f"{s // 1000}k: {r:.0f}" for s, r, _ in c.get("eval_curve", []))
         wall = f"{c['wall_s'] / 3600:.2f} h" if "wall_s" in c else "-"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -45,6 +46,8 @@ class OnlineRun:
     action_repeat: int | None = None  # default: 4 for state, the paper's per-domain value for pixels
     device: str = "cpu"
     preset: str = "paper"  # pixel agents: agents/pixel_presets.py
+    encoder_from: str | None = None  # pixel agents: start from a pretrained encoder (pretrained_encoder)
+    freeze_encoder: bool = False
 
     @property
     def repeat(self) -> int:
@@ -60,7 +63,12 @@ class OnlineRun:
             return dict(self.overrides)
         from .pixel_presets import preset_options
 
-        return preset_options(self.domain, self.preset, self.overrides)
+        options = preset_options(self.domain, self.preset, self.overrides)
+        if self.encoder_from:
+            options.update(pretrained_encoder(self.encoder_from)[1])
+        if self.freeze_encoder:
+            options["freeze_encoder"] = True
+        return options
 
     @property
     def folder(self) -> str:
@@ -68,7 +76,8 @@ class OnlineRun:
 
     def identity(self) -> dict:
         """What must match for ``--resume`` to continue a folder's run (evaluation and device may change)."""
-        keep = ("agent", "domain", "task", "num_steps", "obs_type", "seed", "record", "overrides")
+        keep = ("agent", "domain", "task", "num_steps", "obs_type", "seed", "record", "overrides", "encoder_from",
+                "freeze_encoder")
         identity = {k: v for k, v in asdict(self).items() if k in keep}
         identity["action_repeat"] = self.repeat
         if self.obs_type == "pixels":
@@ -91,6 +100,10 @@ def check_run(run: OnlineRun) -> None:
         AGENTS[run.agent, run.obs_type][0].from_dict(run.options())
     except ValueError as err:
         raise ArgumentError(f"--{run.agent}.* options for --obs_type {run.obs_type}: {err}") from None
+    if (run.encoder_from or run.freeze_encoder) and run.obs_type != "pixels":
+        raise ArgumentError("--encoder_from and --freeze_encoder are for pixel agents (--obs_type pixels).")
+    if run.freeze_encoder and not run.encoder_from:
+        raise ArgumentError("--freeze_encoder keeps a pretrained encoder fixed: give it with --encoder_from CKPT.")
     if run.record and run.obs_type == "pixels":
         raise ArgumentError("--record writes state SAC's replay (collect --policy sac); pixel agents cannot record.")
     if run.device.startswith("cuda"):
@@ -180,6 +193,8 @@ def _train(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
                          eval_every=run.eval_every, eval_episodes=run.eval_episodes, device=run.device,
                          metrics=metrics, check_stop=check_stop, obs_type=run.obs_type)
         log.info("%s", header(run, loop.agent))
+        if run.encoder_from and not run.resume:  # a resumed run's snapshot holds the encoder as trained since
+            loop.agent.load_encoder(pretrained_encoder(run.encoder_from)[0])
         if run.resume:
             loop.load_snapshot(torch.load(state_path, map_location="cpu", weights_only=True))
             log.info("%s: resuming at step %d (%d episodes)", run.folder, loop.step, loop.episodes)
@@ -232,3 +247,29 @@ def header(run: OnlineRun, agent) -> str:
 
     found = reductions(run.domain, agent.cfg, run.repeat, run.num_steps, run.eval_every, run.eval_episodes)
     return f"{line}\n  preset {run.preset}: {run_label(found)}"
+
+
+def pretrained_encoder(path: str) -> tuple[dict, dict]:
+    """The convolutions to start a pixel agent from, and the options they need: from a pixel pretraining
+    checkpoint (``dmc_pretrain.py --obs_type pixels``, any method: the pipeline's CNN, encoder ``smart``) or from
+    a pixel agent's ``agent.pt`` (the CURL convolutions). Read with ``weights_only``: no code is unpickled."""
+    import torch
+
+    from ..errors import CheckpointError
+    from ..models.stacked_frame_encoder import pretrained_cnn_state
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"--encoder_from {path}: no such file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"--encoder_from {path}: not a checkpoint that loads without running code ({err}).")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--encoder_from {path}: expected a checkpoint dict, found {type(state).__name__}.")
+    if isinstance(state.get("encoder"), dict) and "config" in state:  # a pixel agent's agent.pt
+        convs = {k[len("convs."):]: v for k, v in state["encoder"].items() if k.startswith("convs.")}
+        cfg = state["config"]
+        return convs, {"encoder": cfg.get("encoder", "curl"), "filters": cfg["filters"],
+                       "frame_embd": cfg.get("frame_embd", 256)}
+    convs, width = pretrained_cnn_state(state, path)
+    return convs, {"encoder": "smart", "frame_embd": width}

@@ -12,6 +12,10 @@ The agent of MLR (Yu et al. 2022, ``mtm_sac.py`` of the reference; mlr_mwm.md §
   own optimiser over the critic encoder and the MLR head; its momentum encoder and projection move with the other
   targets.
 
+With ``encoder smart`` the pipeline's CNN (models/stacked_frame_encoder.py) replaces the CURL convolutions, so a
+pretraining checkpoint's CNN starts the agent (``--encoder_from``; ``freeze_encoder`` keeps it fixed while the
+encoders' Linear + LayerNorm heads still learn).
+
 Update order per interaction (the reference's, kept exact and tested): critic -> MLR, then every
 ``actor_update_every`` (2) updates actor + temperature, and every ``target_update_every`` (2) all targets.
 
@@ -31,6 +35,7 @@ from torch import nn
 
 from ..models.curl_encoder import CROP, CurlEncoder, center_crop, random_crop
 from ..models.ema import ema_update
+from ..models.stacked_frame_encoder import StackedFrameEncoder
 from .mlr_update import MLRUpdateConfig, MLRUpdater
 from .sac import SACAgent, SACConfig
 
@@ -48,6 +53,9 @@ class PixelSACConfig(SACConfig):
     render_size: int = 100  # rendered frames, randomly cropped to 84 for updates
     frame_stack: int = 3
     replay_capacity: int = 100_000  # transitions (the reference's)
+    encoder: str = "curl"  # curl (the reference) or smart: the pipeline's CNN per frame (--encoder_from a checkpoint)
+    frame_embd: int = 256  # the smart encoder's per-frame width (set from the checkpoint by --encoder_from)
+    freeze_encoder: bool = False  # keep the convolutions (or the pretrained CNN) fixed; fc + LayerNorm still train
     mlr: bool = False
     mlr_batch: int = 128  # clips per MLR update
     mlr_clip_len: int = 16  # K = jumps + 1 (the published commands: jumps 15)
@@ -92,16 +100,35 @@ class PixelSACAgent(SACAgent):
 
     def make_encoders(self) -> int:
         cfg = self.cfg
+        if cfg.encoder not in ("curl", "smart"):
+            raise ValueError(f"encoder must be curl or smart, got {cfg.encoder!r}")
+        if cfg.encoder == "smart" and cfg.mlr:
+            raise ValueError("MLR augments float frames, which the pipeline's CNN does not read: use encoder curl")
         channels = self.obs_dim[0]
-        self.encoder = CurlEncoder(channels, cfg.latent_dim, cfg.filters).to(self.device)
-        self.actor_encoder = CurlEncoder(channels, cfg.latent_dim, cfg.filters).to(self.device)
+
+        def build() -> nn.Module:
+            if cfg.encoder == "smart":
+                return StackedFrameEncoder(channels, cfg.latent_dim, cfg.frame_embd)
+            return CurlEncoder(channels, cfg.latent_dim, cfg.filters)
+
+        self.encoder, self.actor_encoder = build().to(self.device), build().to(self.device)
         self.actor_encoder.share_convs_with(self.encoder)
+        if cfg.freeze_encoder:
+            self.encoder.convs.requires_grad_(False)
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         return cfg.latent_dim
 
+    def load_encoder(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from pretrained convolutions (``--encoder_from``): the critic's (and so the actor's), its target
+        and, with MLR, the momentum encoder."""
+        self.encoder.convs.load_state_dict(state)
+        self.target_encoder.convs.load_state_dict(state)
+        if self.mlr is not None:
+            self.mlr.momentum.convs.load_state_dict(state)
+
     def encoder_parameters(self, role: str) -> list[nn.Parameter]:
         if role == "critic":
-            return list(self.encoder.parameters())
+            return [p for p in self.encoder.parameters() if p.requires_grad]
         # the actor steps its own Linear + LayerNorm; the tied convolutions belong to the critic
         return [*self.actor_encoder.fc.parameters(), *self.actor_encoder.ln.parameters()]
 

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action_repeat", type=int, default=None,
                    help="default 4 for state, the paper's per-domain value for pixels (cartpole 8, walker 2, ...)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--encoder_from", default=None, metavar="CKPT",
+                   help="pixel agents: start from the CNN of a pixel pretraining checkpoint (any --method) or the "
+                   "convolutions of a pixel agent's agent.pt")
+    p.add_argument("--freeze_encoder", action="store_true", help="with --encoder_from: keep those weights fixed")
     for name in AGENT_NAMES:
         defaults: dict[str, dict] = {}  # option -> {obs type: default} over the agent's configs
         for (agent, obs_type), (config_cls, _) in AGENTS.items():
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                     obs_type=args.obs_type, seed=args.seed, output_dir=args.output_dir, resume=args.resume,
                     record=args.record, overrides=overrides, eval_every=args.eval_every,
                     eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
-                    action_repeat=args.action_repeat, device=args.device, preset=args.preset)
+                    action_repeat=args.action_repeat, device=args.device, preset=args.preset,
+                    encoder_from=args.encoder_from, freeze_encoder=args.freeze_encoder)
     try:
         print(train_online(run))
     except UserError as err:

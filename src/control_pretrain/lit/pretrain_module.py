@@ -136,10 +136,17 @@ class PretrainModule(ControlModule):
             objective = build_objective(spec, n_embd, action_dim)
             if objective.weight > 0:
                 self.add_objective(objective)
-        if self.objective("masked_hindsight") is None:
-            self.model.mask_token.requires_grad_(False)  # unused without masking; DDP rejects unused parameters
         if not self.objectives:
             raise ValueError("every objective weight is 0: nothing to train")
+        if self.objective("masked_hindsight") is None:
+            self.model.mask_token.requires_grad_(False)  # unused without masking; DDP rejects unused parameters
+        if not any(o.uses_transformer for o in self.objectives.values()):
+            # encoder-only objectives (MLR): the transformer and action tokens keep their initial weights
+            for name, module in self.model.named_children():
+                if name != "obs_encoder":
+                    module.requires_grad_(False)
+            for param in self.model.parameters(recurse=False):
+                param.requires_grad_(False)
         rmhc = self.objective("masked_hindsight")
         if rmhc is not None:  # fixed sizes until the first epoch starts (the curriculum sets them per epoch)
             rmhc.mask_actions, rmhc.mask_obs = max(mask_actions, 1), max(mask_obs, 0)

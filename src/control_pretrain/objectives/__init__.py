@@ -1,7 +1,8 @@
-"""One class per training objective: SMART's pretraining objectives (objectives/smart/), BC and return-conditioned
-control (policy.py)."""
+"""One class per training objective: SMART's pretraining objectives (objectives/smart/), MLR's masked latent
+reconstruction (mlr_objective.py), BC and return-conditioned control (policy.py)."""
 
 from .base import Objective, action_loss, combine_losses
+from .mlr_objective import MaskedLatentReconstructionObjective, MLRObjectiveConfig
 from .policy import BehaviorCloningObjective, ReturnConditionedConfig, ReturnConditionedObjective
 from .smart import (
     ForwardDynamicsConfig,
@@ -20,8 +21,10 @@ __all__ = [
     "ForwardDynamicsObjective",
     "InverseDynamicsConfig",
     "InverseDynamicsObjective",
+    "MLRObjectiveConfig",
     "MaskedHindsightControlConfig",
     "MaskedHindsightControlObjective",
+    "MaskedLatentReconstructionObjective",
     "Objective",
     "ReturnConditionedConfig",
     "ReturnConditionedObjective",

@@ -44,6 +44,7 @@ class Objective(nn.Module):
     (``ObjectiveFactory``, lit/pretrain_module.py)."""
 
     name: ClassVar[str] = "objective"  # metric key: train/<name>_loss
+    uses_transformer: ClassVar[bool] = True  # False: trains the observation encoder only (MLR)
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
