@@ -133,3 +133,30 @@ def test_cli_refuses_impossible_combinations_with_exit_2(tmp_path):
     ]:
         result = run_script("dmc_online.py", *base, *extra)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mlr_study_prints_the_dmc100k_commands_and_reads_resumed_logs(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, "studies/mlr/run.py", "--preset", "gpu", "--dry_run"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    runs = [line for line in out if "dmc_online.py" in line]
+    assert len(runs) == 3 * 5 * 2 and all("--preset paper" in r and "--device cuda" in r for r in runs)
+    assert sum("--task swingup --num_steps 12500" in r for r in runs) == 10  # 100k env steps at action repeat 8
+    assert sum("--task walk --num_steps 50000" in r for r in runs) == 10
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlr_study", os.path.join(ROOT, "studies", "mlr", "run.py"))
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
+    lines = [{"step": 125, "wall_s": 10.0, "train/episode_return": 1.0},
+             {"step": 250, "wall_s": 20.0, "train/episode_return": 2.0},  # logged again after the resume
+             {"step": 250, "wall_s": 9.0, "train/episode_return": 2.0},
+             {"step": 250, "wall_s": 12.0, "eval/return_mean": 5.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    records, wall = study.read_metrics(str(tmp_path))
+    assert [m["step"] for m in records] == [125, 250, 250] and wall == 20.0 + 12.0
