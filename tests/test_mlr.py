@@ -197,7 +197,7 @@ def test_mlr_objective_beside_smart_objectives_and_refusals():
     torch.manual_seed(0)
     module = mlr_module(with_smart=True)
     losses = module.compute_losses(make_batch("pixels"))
-    assert {"inverse_loss", "mlr_loss"} <= set(losses)
+    assert {"inverse_loss", "mlr_loss", "mlr_feature_std"} <= set(losses) and losses["mlr_feature_std"] > 0
     torch.testing.assert_close(losses["loss"], (losses["inverse_loss"] + losses["mlr_loss"]) / 2)
     with pytest.raises(ValueError, match="obs_type pixels"):
         mlr_module("state").compute_losses(make_batch("state"))

@@ -105,6 +105,8 @@ class ControlModule(LightningModule):
         cache: dict = {}
         outputs = {obj.name: obj(self.model, batch, cache) for obj in self.objectives.values()}
         losses = {f"{name}_loss": out["loss"] for name, out in outputs.items()}
+        for name, out in outputs.items():  # diagnostics an objective reports beside its loss (logged, not trained)
+            losses.update({f"{name}_{k}": v.detach() for k, v in out.get("metrics", {}).items()})
         losses["loss"] = combine_losses(outputs, self.weights)
         return losses
 

@@ -94,7 +94,9 @@ class MaskedLatentReconstructionObjective(Objective):
         online = self._encode(model.obs_encoder, apply_cube_masks(clips, masks))  # mask first, then shift
         with torch.no_grad():
             target = self._encode(self.momentum, clips)
-        return {"loss": self.head.loss(online, actions.to(online.dtype), target)}
+        # collapse shows as online features that no longer vary across frames (loss -> 0 with std -> 0)
+        feature_std = online.detach().flatten(0, 1).std(0).mean()
+        return {"loss": self.head.loss(online, actions.to(online.dtype), target), "metrics": {"feature_std": feature_std}}
 
     def after_optimizer_step(self, model: Trunk) -> None:
         self.steps += 1
