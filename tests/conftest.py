@@ -133,3 +133,28 @@ def make_batch(obs_type: str = "state", B: int = 3, T: int = K, num_actions: int
     else:
         batch["observations"] = torch.randn(B, T, OBS_DIM)
     return batch
+
+
+# ---- online runs (test_online, test_pixel_sac) and objective steps (test_objective_contract, test_mlr) -------------
+def run_metrics(folder) -> list[dict]:
+    """The records of an online run's ``metrics.jsonl``."""
+    import json
+
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def run_curve(folder) -> list[tuple]:
+    """What a run computed: eval returns and train episode returns/losses, without wall-clock entries."""
+    return [tuple((k, v) for k, v in sorted(m.items()) if "per_s" not in k and k != "wall_s")
+            for m in run_metrics(folder)]
+
+
+def optimizer_step(module, optimizer, batch: dict) -> None:
+    """What the Trainer does per step: closure (zero_grad, loss, backward), then the module's optimizer_step."""
+    def closure():
+        optimizer.zero_grad(set_to_none=True)
+        loss = module.compute_losses(batch)["loss"]
+        loss.backward()
+        return loss
+    module.optimizer_step(0, 0, optimizer, closure)

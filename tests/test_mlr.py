@@ -148,17 +148,9 @@ def mlr_module(obs_type="pixels", with_smart=False):
                           objectives=[*smart, mlr])
 
 
-def step(module, optimizer, batch):
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        loss = module.compute_losses(batch)["loss"]
-        loss.backward()
-        return loss
-    module.optimizer_step(0, 0, optimizer, closure)
-
-
 def test_mlr_objective_trains_the_cnn_and_head_and_moves_its_momentum_every_second_step(tmp_path):
     from conftest import make_batch
+    from conftest import optimizer_step as step
 
     torch.manual_seed(0)
     module = mlr_module().train()

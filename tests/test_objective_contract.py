@@ -16,7 +16,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import ACTION_DIM, OBS_DIM, C, K, make_batch
+from conftest import ACTION_DIM, OBS_DIM, C, K, make_batch, optimizer_step
 
 from control_pretrain.lit.downstream_module import DownstreamModule
 from control_pretrain.lit.mtm_module import MTMPretrainModule
@@ -63,16 +63,6 @@ OBJECTIVES = {"maskdp": masked("maskdp"), "forward": pretrain_only("forward"), "
               "masked_hindsight": pretrain_only("masked_hindsight"), "bc": policy("naive"),
               "rtg": policy("reward_conditioned")}
 CASES = [(name, obs_type) for name in OBJECTIVES for obs_type in ("state", "pixels")]
-
-
-def optimizer_step(module, optimizer, batch: dict) -> None:
-    """What the Trainer does per step: closure (zero_grad, loss, backward), then the module's optimizer_step."""
-    def closure():
-        optimizer.zero_grad(set_to_none=True)
-        loss = module.compute_losses(batch)["loss"]
-        loss.backward()
-        return loss
-    module.optimizer_step(0, 0, optimizer, closure)
 
 
 def outputs(module, batch: dict) -> dict[str, torch.Tensor]:

@@ -1,12 +1,11 @@
 """``python src/dmc_online.py``: a tiny online SAC run logs evaluations, and ``--resume`` after an interruption
 continues it into the run that would have happened without the interruption."""
 
-import json
 import os
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_curve, run_metrics, run_script
 
 from control_pretrain.agents.online_run import AGENT_FILE, STATE_FILE, OnlineRun, train_online
 from control_pretrain.agents.sac import SACAgent
@@ -22,16 +21,6 @@ def tiny_run(folder, **kw) -> OnlineRun:
     return OnlineRun(**{**args, **kw})
 
 
-def metrics(folder) -> list[dict]:
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def curve(folder) -> list[tuple]:
-    """What a run computed: eval returns and train episode returns/losses, without wall-clock entries."""
-    return [tuple((k, v) for k, v in sorted(m.items()) if "per_s" not in k and k != "wall_s") for m in metrics(folder)]
-
-
 def stop_after_first_episode(_steps: int) -> None:
     raise KeyboardInterrupt
 
@@ -44,9 +33,9 @@ def straight(tmp_path_factory):
 
 
 def test_a_tiny_run_logs_evaluations_and_saves_its_agent(straight):
-    evals = [m for m in metrics(straight) if "eval/return_mean" in m]
+    evals = [m for m in run_metrics(straight) if "eval/return_mean" in m]
     assert [m["step"] for m in evals] == [250, 500]
-    assert sum("train/episode_return" in m for m in metrics(straight)) == 2
+    assert sum("train/episode_return" in m for m in run_metrics(straight)) == 2
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(straight))
     assert not os.path.exists(straight / STATE_FILE)
     agent, saved = SACAgent.load(str(straight / AGENT_FILE))  # the format collect --policy checkpoint reads
@@ -59,7 +48,7 @@ def test_resume_after_an_interruption_continues_the_same_run(straight, tmp_path)
         train_online(tiny_run(folder), stop_after_first_episode)
     assert os.path.exists(folder / STATE_FILE) and not os.path.exists(folder / AGENT_FILE)
     train_online(tiny_run(folder, resume=True))
-    assert curve(folder) == curve(straight)
+    assert run_curve(folder) == run_curve(straight)
     a, _ = SACAgent.load(str(folder / AGENT_FILE))
     b, _ = SACAgent.load(str(straight / AGENT_FILE))
     for p, q in zip(a.actor.parameters(), b.actor.parameters(), strict=True):

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_curve, run_metrics, run_script
 
 from control_pretrain.agents.online_run import AGENT_FILE, STATE_FILE, OnlineRun, train_online
 from control_pretrain.agents.pixel_presets import paper_action_repeat, preset_options, reductions, run_label
@@ -27,15 +27,6 @@ def t0_run(folder, **kw) -> OnlineRun:
             "seed": 2, "output_dir": str(folder), "overrides": T0, "eval_every": 250, "eval_episodes": 1,
             "preset": "smoke"}
     return OnlineRun(**{**args, **kw})
-
-
-def metrics(folder) -> list[dict]:
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def curve(folder) -> list[tuple]:
-    return [tuple((k, v) for k, v in sorted(m.items()) if "per_s" not in k and k != "wall_s") for m in metrics(folder)]
 
 
 def test_updates_run_in_the_reference_order():
@@ -90,14 +81,14 @@ def t0(tmp_path_factory):
 
 
 def test_t0_run_learns_its_losses_down_and_saves_its_agent(t0):
-    episodes = [m for m in metrics(t0) if "train/episode_return" in m]
+    episodes = [m for m in run_metrics(t0) if "train/episode_return" in m]
     assert [m["step"] for m in episodes] == [125, 250]
     first, second = episodes
     for key in ("train/critic_loss", "train/mlr_loss", "train/actor_loss"):
         assert np.isfinite([first[key], second[key]]).all()
     assert second["train/mlr_loss"] < 0.5 * first["train/mlr_loss"]  # episode means of 26 and 125 updates
     assert second["train/critic_loss"] < first["train/critic_loss"]
-    evals = [m for m in metrics(t0) if "eval/return_mean" in m]
+    evals = [m for m in run_metrics(t0) if "eval/return_mean" in m]
     assert [m["step"] for m in evals] == [250] and np.isfinite(evals[0]["eval/return_mean"])
     agent, saved = PixelSACAgent.load(str(t0 / AGENT_FILE))
     assert saved["steps"] == 250 and agent.num_updates == 151 and agent.mlr.num_updates == 151  # no catch-up
@@ -117,7 +108,7 @@ def test_t0_resumed_after_an_interruption_is_the_same_run(t0, tmp_path):
     saved = torch.load(folder / STATE_FILE, weights_only=True)
     assert saved["replay"]["obs"].dtype == torch.uint8 and tuple(saved["replay"]["obs"].shape[1:]) == (3, 100, 100)
     train_online(t0_run(folder, resume=True))
-    assert curve(folder) == curve(t0)
+    assert run_curve(folder) == run_curve(t0)
     a, b = (torch.load(f / AGENT_FILE, weights_only=True) for f in (t0, folder))
     for net in ("encoder", "actor", "mlr_head"):
         for k in a[net]:
