@@ -164,6 +164,30 @@ class ReplayBuffer:
         clips), uniform over the valid starts: every row of a clip is a sampleable step row, so a clip never
         crosses an episode end or the write head (the reference drew 256 candidates and kept the first 128 without
         an episode end, and did not reject windows across the write head, mlr_mwm.md §A.7.7)."""
+        rows = self.clip_rows(batch_size, length)  # (B, K)
+        obs = self.stacked(rows.reshape(-1)).reshape(*rows.shape, *self.stacked_shape)
+        return (torch.from_numpy(obs).to(self.device, non_blocking=True),
+                torch.from_numpy(self.actions[rows]).to(self.device, non_blocking=True))
+
+    def sample_sequences(self, batch_size: int, length: int) -> dict[str, torch.Tensor]:
+        """The clips of ``sample_clips`` (same rows for the same RNG state) with what a world model also needs
+        (MWM, agents/mwm/): ``obs`` (B, K, ...), ``actions`` (B, K, A) (taken from each row's observation),
+        ``rewards`` (B, K) (the reward that followed each action) and ``is_first`` (B, K) bool (the row starts its
+        episode, or is the oldest surviving row of an episode the ring has cut)."""
+        rows = self.clip_rows(batch_size, length)  # (B, K)
+        obs = self.stacked(rows.reshape(-1)).reshape(*rows.shape, *self.stacked_shape)
+        arrays = {"obs": obs, "actions": self.actions[rows], "rewards": self.rewards[rows],
+                  "is_first": self.is_first(rows)}
+        return {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
+
+    def is_first(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each row (any shape) is the first surviving row of its episode: its predecessor is a final row
+        (or an unknown episode end), or it is the oldest row of the ring."""
+        oldest = self.pos if self.size == self.capacity else 0
+        return ~self.has_next[(rows - 1) % self.capacity] | (rows == oldest)
+
+    def clip_rows(self, batch_size: int, length: int) -> np.ndarray:
+        """Rows (B, K) of ``batch_size`` windows of ``length`` sampleable step rows inside one episode each."""
         if self.size == 0:
             raise ValueError("the replay buffer is empty")
         offsets = np.arange(length)
@@ -181,10 +205,7 @@ class ReplayBuffer:
             bad = ~valid(starts)
         else:
             raise ValueError(f"the replay buffer holds no {length}-step clip inside one episode to sample")
-        rows = (starts[:, None] + offsets) % self.capacity
-        obs = self.stacked(rows.reshape(-1)).reshape(*rows.shape, *self.stacked_shape)
-        return (torch.from_numpy(obs).to(self.device, non_blocking=True),
-                torch.from_numpy(self.actions[rows]).to(self.device, non_blocking=True))
+        return (starts[:, None] + offsets) % self.capacity  # (B, K)
 
     # -- snapshot and resume -------------------------------------------------------------------------------------
     def cursor(self) -> ReplayCursor:
