@@ -20,8 +20,14 @@ PIXEL_NETS = {"every_update": ["critic", "encoder"],
                           "actor_encoder.ln": "actor_update_every"},
               "targets": [("critic_target", "critic", "tau", "target_update_every"),
                           ("target_encoder", "encoder", "encoder_tau", "target_update_every")]}
+# MWM (agents/mwm/): the t0 preset shrunk further; the first update also pretrains the MAE (one update).
+TINY_MWM = {"mae_width": 16, "mae_depth": 1, "mae_decoder_depth": 1, "mae_heads": 2, "mae_batch": 4, "mae_pretrain": 1,
+            "mae_warmup": 2, "wm_width": 16, "wm_depth": 1, "wm_heads": 2, "deter": 16, "hidden": 16, "stoch": 4,
+            "discrete": 4, "units": 16, "layers": 1, "batch_size": 2, "seq_len": 4, "horizon": 3,
+            "slow_critic_every": 2}
 # Per agent: a tiny config, and which networks an update moves: every update, on a cadence (every k updates), and
-# the targets (target, online, tau, every k updates), as attribute paths of the agent. MWM adds its entry here.
+# the targets (target, online, tau, every k updates), as attribute paths of the agent; pixel agents may name their
+# replay rows ("frame", default PIXELS) and how many frames they stack ("frame_stack", default 3).
 SPECS = {
     ("sac", "state"): {
         "config": {"hidden_dim": 16, "batch_size": 16},
@@ -37,15 +43,30 @@ SPECS = {
         "targets": [*PIXEL_NETS["targets"], ("mlr.momentum", "encoder", "mlr_tau", "target_update_every"),
                     ("mlr.head.target_projection", "mlr.head.projection", "mlr_tau", "target_update_every")],
     },
+    ("mwm", "pixels"): {
+        "config": TINY_MWM, "frame": (3, 64, 64), "frame_stack": 1,
+        "every_update": ["mae", "world_model", "behavior.actor", "behavior.critic"],
+        "cadence": {},
+        "targets": [("behavior.slow_critic", "behavior.critic", "slow_critic_fraction", "slow_critic_every")],
+    },
 }
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 KINDS = sorted(AGENTS)
 
 
+def frames(kind) -> tuple[tuple[int, ...], int]:
+    """(replay row shape, frames stacked) of a pixel agent."""
+    return SPECS[kind].get("frame", PIXELS), SPECS[kind].get("frame_stack", 3)
+
+
 def make(kind, device: str):
     config_cls, agent_cls = AGENTS[kind]
     torch.manual_seed(0)
-    obs = OBS_DIM if kind[1] == "state" else (3 * PIXELS[0], *PIXELS[1:])
+    if kind[1] == "state":
+        obs = OBS_DIM
+    else:
+        frame, stack = frames(kind)
+        obs = (stack * frame[0], *frame[1:])
     return agent_cls(obs, ACTION_DIM, config_cls.from_dict(SPECS[kind]["config"]), device=device)
 
 
@@ -57,11 +78,11 @@ def batches(kind, device: str, n: int = 256) -> ReplayBuffer:
         buf.add(rng.normal(size=(n, OBS_DIM)), rng.uniform(-1, 1, (n, ACTION_DIM)), rng.uniform(0, 1, n),
                 np.ones(n), np.zeros(n, bool))
         return buf
-    n = 64
-    buf = ReplayBuffer(PIXELS, ACTION_DIM, n + 2, seed=0, obs_dtype=np.uint8, device=device, frame_stack=3)
+    n, (frame, stack) = 64, frames(kind)
+    buf = ReplayBuffer(frame, ACTION_DIM, n + 2, seed=0, obs_dtype=np.uint8, device=device, frame_stack=stack)
     ends = (np.arange(n) % 32) == 31
-    buf.add(rng.integers(0, 256, (n, *PIXELS), dtype=np.uint8), rng.uniform(-1, 1, (n, ACTION_DIM)),
-            rng.uniform(0, 1, n), np.ones(n), ends, rng.integers(0, 256, (2, *PIXELS), dtype=np.uint8))
+    buf.add(rng.integers(0, 256, (n, *frame), dtype=np.uint8), rng.uniform(-1, 1, (n, ACTION_DIM)),
+            rng.uniform(0, 1, n), np.ones(n), ends, rng.integers(0, 256, (2, *frame), dtype=np.uint8))
     return buf
 
 
@@ -69,7 +90,8 @@ def observations(kind) -> np.ndarray:
     rng = np.random.default_rng(1)
     if kind[1] == "state":
         return rng.normal(size=(4, OBS_DIM)).astype(np.float32)
-    return rng.integers(0, 256, (2, 3 * PIXELS[0], *PIXELS[1:]), dtype=np.uint8)
+    frame, stack = frames(kind)
+    return rng.integers(0, 256, (2, stack * frame[0], *frame[1:]), dtype=np.uint8)
 
 
 def net(agent, path: str) -> torch.nn.Module:
@@ -109,7 +131,10 @@ def test_save_load_gives_identical_actions_and_next_update(kind, device, tmp_pat
     assert loaded.train_step(buf) == info
     for name in agent.networks():
         for a, b in zip(agent.state_dict()[name].values(), loaded.state_dict()[name].values(), strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            if torch.is_tensor(a):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+            else:  # a module's extra state (the MAE's config)
+                assert a == b
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,7 +5,9 @@ One episode at a time: uniformly random actions for the first ``init_steps`` age
 then the agent's sampled actions; every step goes to the replay buffer and earns ``updates_per_step`` gradient
 updates (fractional credit is carried over, so 0.25 means one update every 4 steps; when learning starts the loop
 catches up with ``init_steps`` updates at once with ``catch_up``, as SAC-AE's ``num_updates = init_steps`` first step
-does; CURL and MLR do not). After
+does; CURL and MLR do not). With ``train_every`` k > 1 (MWM) the steps that earn updates are only every k-th
+from ``init_steps`` on: step init_steps, init_steps + k, ... (integer counting, so the cadence never drifts). A
+recurrent agent's optional ``begin_episode()`` is called before every training and evaluation episode. After
 each episode: training metrics (means over the episode's updates), a deterministic evaluation every ``eval_every`` steps, and an in-memory snapshot
 of everything a resumed run needs to continue exactly (agent, counters, the RNG states of torch, numpy and both
 environments' tasks, the replay buffer's cursor). ``save_snapshot`` writes it (with or without the replay rows:
@@ -70,12 +72,21 @@ class Agent(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def begin_episode(agent: Agent) -> None:
+    """Tell a recurrent agent (MWM) that an episode starts: its optional ``begin_episode()`` resets its state.
+    Feed-forward agents (SAC) have no such method and are untouched."""
+    hook = getattr(agent, "begin_episode", None)
+    if hook is not None:
+        hook()
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     num_steps: int  # agent steps to run (in whole episodes: the last one may overrun)
     init_steps: int = 1000  # uniformly random actions first; updates start after them
     updates_per_step: float = 1.0
     catch_up: bool = True  # init_steps updates at once when learning starts (SAC-AE)
+    train_every: int = 1  # agent steps between update rounds from init_steps on (MWM: 5, the first at init_steps)
     eval_every: int = 10000  # agent steps between deterministic evaluations (0: never)
     eval_episodes: int = 5
     seed: int = 0  # the warm-up action RNG
@@ -85,6 +96,7 @@ def evaluate(agent: Agent, env: DMCEnv, episodes: int) -> list[float]:
     """Returns of ``episodes`` deterministic (mean-action) episodes."""
     returns = []
     for _ in range(episodes):
+        begin_episode(agent)
         obs, total, done = env.reset(), 0.0, False
         while not done:
             obs, reward, terminal, timeout = env.step(agent.act(obs, deterministic=True))
@@ -129,7 +141,7 @@ class OnlineLoop:
         self.replay.add_step(obs, action, reward, next_obs, terminal, timeout)
         self.step += 1
         cfg = self.cfg
-        if self.step < cfg.init_steps:
+        if self.step < cfg.init_steps or (self.step - cfg.init_steps) % cfg.train_every:
             return
         if self.step == cfg.init_steps and cfg.catch_up:  # SAC-AE: init_steps updates when learning starts
             self.update_credit += cfg.init_steps * cfg.updates_per_step
@@ -143,6 +155,7 @@ class OnlineLoop:
 
     def play_episode(self) -> float:
         """One training episode (not recorded); its return."""
+        begin_episode(self.agent)
         obs, total = self.env.reset(), 0.0
         while True:
             action = np.clip(np.asarray(self.act(obs), np.float32), -1.0, 1.0)

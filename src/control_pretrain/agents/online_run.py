@@ -45,25 +45,34 @@ class OnlineRun:
     checkpoint_every: int = CHECKPOINT_EVERY
     action_repeat: int | None = None  # default: 4 for state, the paper's per-domain value for pixels
     device: str = "cpu"
-    preset: str = "paper"  # pixel agents: agents/pixel_presets.py
-    encoder_from: str | None = None  # pixel agents: start from a pretrained encoder (pretrained_encoder)
+    preset: str = "paper"  # pixel agents: agents/pixel_presets.py (sac, sac_mlr) or agents/mwm/presets.py (mwm)
+    encoder_from: str | None = None  # pixel agents: start from a pretrained encoder (pretrained_encoder; MWM: an MAE)
     freeze_encoder: bool = False
 
     @property
     def repeat(self) -> int:
         if self.action_repeat is not None:
             return self.action_repeat
-        from .pixel_presets import DEFAULT_ACTION_REPEAT, paper_action_repeat
+        from .pixel_presets import DEFAULT_ACTION_REPEAT
+        from .registry import presets_module
 
-        return paper_action_repeat(self.domain) if self.obs_type == "pixels" else DEFAULT_ACTION_REPEAT
+        if self.obs_type != "pixels":
+            return DEFAULT_ACTION_REPEAT
+        return presets_module(self.agent).paper_action_repeat(self.domain)
 
     def options(self) -> dict:
         """The agent's options: for pixels the paper's per-domain values, the preset, then ``overrides``."""
         if self.obs_type != "pixels":
             return dict(self.overrides)
-        from .pixel_presets import preset_options
+        from .registry import presets_module
 
-        options = preset_options(self.domain, self.preset, self.overrides)
+        options = presets_module(self.agent).preset_options(self.domain, self.preset, self.overrides)
+        if self.agent == "mwm":  # the MAE is the encoder: the agent loads it (models/mae.py's loader)
+            if self.encoder_from:
+                options["mae_from"] = self.encoder_from
+            if self.freeze_encoder:
+                options["freeze_mae"] = True
+            return options
         if self.encoder_from:
             options.update(pretrained_encoder(self.encoder_from)[1])
         if self.freeze_encoder:
@@ -193,7 +202,8 @@ def _train(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
                          eval_every=run.eval_every, eval_episodes=run.eval_episodes, device=run.device,
                          metrics=metrics, check_stop=check_stop, obs_type=run.obs_type)
         log.info("%s", header(run, loop.agent))
-        if run.encoder_from and not run.resume:  # a resumed run's snapshot holds the encoder as trained since
+        # a resumed run's snapshot holds the encoder as trained since; MWM loads its MAE itself (mae_from)
+        if run.encoder_from and not run.resume and run.agent != "mwm":
             loop.agent.load_encoder(pretrained_encoder(run.encoder_from)[0])
         if run.resume:
             loop.load_snapshot(torch.load(state_path, map_location="cpu", weights_only=True))
@@ -228,9 +238,9 @@ def make_run_env(run: OnlineRun, options: dict, seed: int):
     if run.obs_type != "pixels":
         return make_env(run.domain, run.task, seed=seed, action_repeat=run.repeat)
     from ..envs.pixel_env import PixelEnv
-    from .pixel_sac import PixelSACConfig
+    from .registry import AGENTS
 
-    cfg = PixelSACConfig.from_dict(options)
+    cfg = AGENTS[run.agent, run.obs_type][0].from_dict(options)
     env = make_env(run.domain, run.task, seed=seed, action_repeat=run.repeat, pixels=True, height=cfg.render_size,
                    width=cfg.render_size)
     return PixelEnv(env, cfg.frame_stack)
@@ -243,10 +253,17 @@ def header(run: OnlineRun, agent) -> str:
             f"output {run.folder}")
     if run.obs_type != "pixels":
         return line
-    from .pixel_presets import reductions, run_label
+    from .registry import presets_module
 
-    found = reductions(run.domain, agent.cfg, run.repeat, run.num_steps, run.eval_every, run.eval_episodes)
-    return f"{line}\n  preset {run.preset}: {run_label(found)}"
+    presets = presets_module(run.agent)
+    found = presets.reductions(run.domain, agent.cfg, run.repeat, run.num_steps, run.eval_every, run.eval_episodes)
+    line = f"{line}\n  preset {run.preset}: {presets.run_label(found)}"
+    if hasattr(agent, "parameter_counts"):  # MWM: the sizes of its three learners
+        counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in agent.parameter_counts().items())
+        line = f"{line}\n  parameters: {counts}"
+    if getattr(agent.cfg, "mae_from", ""):
+        line = f"{line}\n  MAE from {agent.cfg.mae_from}{' (frozen)' if agent.cfg.freeze_mae else ''}"
+    return line
 
 
 def pretrained_encoder(path: str) -> tuple[dict, dict]:

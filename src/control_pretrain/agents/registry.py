@@ -10,18 +10,30 @@ import torch
 
 from .loop import REPLAY_SEED_OFFSET, LoopConfig, OnlineLoop, replay_capacity
 from .metric_log import MetricLog
+from .mwm.agent import MWMAgent
+from .mwm.config import MWMConfig
 from .pixel_sac import PixelSACAgent, PixelSACConfig, SACMLRConfig
 from .replay import ReplayBuffer
 from .sac import SACAgent, SACConfig
 
-# (name, obs_type) -> (config dataclass with from_dict, agent class taking (obs shape, action_dim, cfg, device));
-# MWM next
+# (name, obs_type) -> (config dataclass with from_dict, agent class taking (obs shape, action_dim, cfg, device))
 AGENTS = {
     ("sac", "state"): (SACConfig, SACAgent),
     ("sac", "pixels"): (PixelSACConfig, PixelSACAgent),
     ("sac_mlr", "pixels"): (SACMLRConfig, PixelSACAgent),
+    ("mwm", "pixels"): (MWMConfig, MWMAgent),
 }
 AGENT_NAMES = sorted({name for name, _ in AGENTS})
+
+
+def presets_module(name: str):
+    """The presets of a pixel agent: ``PRESETS``, ``paper_action_repeat``, ``preset_options``, ``reductions``,
+    ``run_label`` (agents/pixel_presets.py for SAC and SAC+MLR, agents/mwm/presets.py for MWM)."""
+    if name == "mwm":
+        from .mwm import presets
+    else:
+        from . import pixel_presets as presets
+    return presets
 
 
 def make_loop(name: str, env, overrides: dict | None, num_steps: int, seed: int, eval_env=None,
@@ -44,6 +56,7 @@ def make_loop(name: str, env, overrides: dict | None, num_steps: int, seed: int,
         replay = ReplayBuffer(env.obs_dim, env.action_dim, replay_capacity(num_steps), seed=replay_seed,
                               device=device)
     loop_cfg = LoopConfig(num_steps=num_steps, init_steps=cfg.init_steps, updates_per_step=cfg.updates_per_step,
-                          catch_up=cfg.catch_up, eval_every=eval_every, eval_episodes=eval_episodes, seed=seed)
+                          catch_up=cfg.catch_up, train_every=getattr(cfg, "train_every", 1), eval_every=eval_every,
+                          eval_episodes=eval_episodes, seed=seed)
     kwargs = {"check_stop": check_stop} if check_stop is not None else {}
     return OnlineLoop(agent, env, replay, loop_cfg, eval_env=eval_env, metrics=metrics, **kwargs)

@@ -1,4 +1,4 @@
-"""``python src/dmc_online.py``: train an online agent (state SAC, pixel SAC, SAC+MLR) in dm_control, with evaluation curves and
+"""``python src/dmc_online.py``: train an online agent (state SAC, pixel SAC, SAC+MLR, MWM) in dm_control, with evaluation curves and
 ``--resume`` (agents/online_run.py says what its output folder holds)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from ..errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..agents.mwm.presets import PRESETS as MWM_PRESETS
     from ..agents.online_run import CHECKPOINT_EVERY
     from ..agents.pixel_presets import PRESETS
     from ..agents.registry import AGENT_NAMES, AGENTS
@@ -19,14 +20,17 @@ def build_parser() -> argparse.ArgumentParser:
     AGENTS_BY_NAME = {n: [o for a, o in AGENTS if a == n] for n in AGENT_NAMES}
     p = argparse.ArgumentParser(prog="dmc_online.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--agent", default="sac", choices=AGENT_NAMES,
-                   help="sac: state or pixel SAC; sac_mlr: pixel SAC with MLR's auxiliary loss")
+                   help="sac: state or pixel SAC; sac_mlr: pixel SAC with MLR's auxiliary loss; mwm: masked world "
+                   "models (MAE + DreamerV2 world model and actor-critic, pixels only)")
     p.add_argument("--domain", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--obs_type", default="state", choices=["state", "pixels"],
-                   help="what the agent sees (pixels: 100 px renders, 3 stacked, cropped to 84)")
-    p.add_argument("--preset", default="paper", choices=list(PRESETS),
-                   help="pixel agents: the paper's configuration or a cheaper one (agents/pixel_presets.py); the "
-                   "run header lists every reduction")
+                   help="what the agent sees (pixels: sac/sac_mlr 100 px renders, 3 stacked, cropped to 84; mwm "
+                   "single 64 px renders)")
+    p.add_argument("--preset", default="paper", choices=list(dict.fromkeys([*PRESETS, *MWM_PRESETS])),
+                   help="pixel agents: the paper's configuration or a cheaper one (sac, sac_mlr: "
+                   f"{'|'.join(PRESETS)}, agents/pixel_presets.py; mwm: {'|'.join(MWM_PRESETS)}, "
+                   "agents/mwm/presets.py); the run header lists every reduction")
     p.add_argument("--num_steps", type=int, required=True, help="agent steps (whole episodes)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output_dir", default=None, help="default runs/online/{agent}_{domain}_{task}_s{seed}")
@@ -38,11 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint_every", type=int, default=CHECKPOINT_EVERY,
                    help="episodes between saves of the resume state")
     p.add_argument("--action_repeat", type=int, default=None,
-                   help="default 4 for state, the paper's per-domain value for pixels (cartpole 8, walker 2, ...)")
+                   help="default 4 for state, the paper's per-domain value for pixel SAC (cartpole 8, walker 2, ...), "
+                   "2 for mwm")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--encoder_from", default=None, metavar="CKPT",
                    help="pixel agents: start from the CNN of a pixel pretraining checkpoint (any --method) or the "
-                   "convolutions of a pixel agent's agent.pt")
+                   "convolutions of a pixel agent's agent.pt; mwm: the MAE of a --method mae checkpoint")
     p.add_argument("--freeze_encoder", action="store_true", help="with --encoder_from: keep those weights fixed")
     for name in AGENT_NAMES:
         defaults: dict[str, dict] = {}  # option -> {obs type: default} over the agent's configs
@@ -50,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
             if agent == name:
                 for f in fields(config_cls):
                     defaults.setdefault(f.name, {})[obs_type] = f.default
-        g = p.add_argument_group(f"{name} options (agents/sac.py, agents/pixel_sac.py, agents/pixel_presets.py)")
+        where = "agents/mwm/config.py" if name == "mwm" else "agents/sac.py, agents/pixel_sac.py"
+        g = p.add_argument_group(f"{name} options ({where})")
         for option, by_kind in defaults.items():
             default = next(iter(by_kind.values()))
             if len(set(by_kind.values())) == 1 and len(by_kind) == len(AGENTS_BY_NAME[name]):
