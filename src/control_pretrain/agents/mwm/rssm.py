@@ -69,7 +69,7 @@ def straight_through_onehot(logits: Tensor) -> Tensor:
     probs = logits.softmax(-1)  # (..., S, C)
     index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])  # (..., S)
     onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)  # (..., S, C)
-    return onehot + probs - probs.detach()
+    return onehot + (probs - probs.detach())  # exactly one-hot forward, the gradient of probs backward
 
 
 def mode_onehot(logits: Tensor) -> Tensor:
