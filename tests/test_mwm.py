@@ -117,6 +117,30 @@ def test_truncated_normal_samples_inside_the_bounds_with_its_closed_form_entropy
     assert mean.grad[0, 1] > 0
 
 
+# ---- replay clips for the world model ----------------------------------------------------------------------------
+@pytest.mark.parametrize("capacity", [200, 37])  # 37 < 3 x 13 rows written: the ring cuts the oldest episode
+def test_sequences_stay_inside_one_episode_with_rewards_and_first_flags(capacity):
+    from control_pretrain.agents.replay import ReplayBuffer
+
+    buf = ReplayBuffer(1, 1, capacity, seed=0)
+    for e in range(3):  # episodes of 12 steps; observation = 100 e + j, reward = its negative
+        for j in range(12):
+            obs = np.array([100.0 * e + j], np.float32)
+            buf.add_step(obs, np.array([j / 12], np.float32), -(100.0 * e + j), obs + 1, False, j == 11)
+    state = buf.rng.bit_generator.state
+    seq = buf.sample_sequences(300, 5)
+    buf.rng.bit_generator.state = state
+    clips, _ = buf.sample_clips(300, 5)
+    torch.testing.assert_close(seq["obs"], clips)  # the same rows as MLR's clips
+    obs = seq["obs"][..., 0]  # (B, K)
+    assert seq["obs"].shape == (300, 5, 1) and seq["actions"].shape == (300, 5, 1) and seq["rewards"].shape == (300, 5)
+    assert torch.equal(obs[:, 1:] - obs[:, :-1], torch.ones(300, 4))  # consecutive steps of one episode
+    torch.testing.assert_close(seq["rewards"], -obs)
+    oldest = buf.obs[buf.pos if buf.size == capacity else 0, 0]
+    assert torch.equal(seq["is_first"], (obs % 100 == 0) | (obs == oldest))
+    assert seq["is_first"][:, 1:].sum() == 0 and seq["is_first"][:, 0].any()
+
+
 # ---- cadence, presets, pretrained MAE ------------------------------------------------------------------------
 def pixel_env(seed: int, action_repeat: int = 8):
     from control_pretrain.envs.dmc import make_env
@@ -249,6 +273,18 @@ def test_t0_resumed_after_an_interruption_is_the_same_run(t0, tmp_path):
         for k in a[net]:
             if torch.is_tensor(a[net][k]):
                 torch.testing.assert_close(a[net][k], b[net][k], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_t0_at_the_spec_scale(tmp_path):
+    """§C.5's T0 as specified: 2,000 env steps at action repeat 2 (1,000 policy steps), prefill 500, 20 MAE
+    pretraining updates, then 101 rounds (85 s on the shared CPU)."""
+    folder = tmp_path / "spec"
+    train_online(t0_run(folder, num_steps=1000, action_repeat=None, overrides={}, eval_every=1000))
+    first, second = [m for m in run_metrics(folder) if "train/episode_return" in m]
+    assert second["train/wm_feature_loss"] < 0.6 * first["train/wm_feature_loss"]
+    assert second["train/mae_loss"] < first["train/mae_pretrain_loss_first"]
+    assert MWMAgent.load(str(folder / AGENT_FILE))[0].num_updates == 101
 
 
 def test_cli_refuses_impossible_combinations_with_exit_2(tmp_path):
