@@ -222,6 +222,13 @@ def test_a_pretrained_frozen_mae_is_loaded_and_never_updated(tmp_path):
     for k, v in mae.state_dict().items():
         if torch.is_tensor(v):
             assert torch.equal(agent.mae.state_dict()[k], v), k
+    # --encoder_from / --freeze_encoder of dmc_online.py are these options, and the header names the MAE's size
+    from control_pretrain.agents.online_run import header
+
+    run = OnlineRun(agent="mwm", domain="cartpole", task="swingup", num_steps=10, obs_type="pixels", preset="t0",
+                    encoder_from=str(tmp_path / "mae.pt"), freeze_encoder=True)
+    assert run.options()["mae_from"] == str(tmp_path / "mae.pt") and run.options()["freeze_mae"] is True
+    assert f"MAE from {tmp_path / 'mae.pt'} (frozen): width 16, 1 + 1 blocks" in header(run, agent)
 
 
 # ---- T0 run through the entry point ----------------------------------------------------------------------------

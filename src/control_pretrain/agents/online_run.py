@@ -261,8 +261,11 @@ def header(run: OnlineRun, agent) -> str:
     if hasattr(agent, "parameter_counts"):  # MWM: the sizes of its three learners
         counts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in agent.parameter_counts().items())
         line = f"{line}\n  parameters: {counts}"
-    if getattr(agent.cfg, "mae_from", ""):
-        line = f"{line}\n  MAE from {agent.cfg.mae_from}{' (frozen)' if agent.cfg.freeze_mae else ''}"
+    if getattr(agent.cfg, "mae_from", ""):  # the checkpoint's architecture replaces the mae_* sizes above
+        mae = agent.mae.config
+        line = (f"{line}\n  MAE from {agent.cfg.mae_from}{' (frozen)' if agent.cfg.freeze_mae else ''}: width "
+                f"{mae.embed_dim}, {mae.encoder_depth} + {mae.decoder_depth} blocks, {mae.n_head} heads, reward "
+                f"wiring {mae.reward_wiring}")
     return line
 
 
