@@ -36,7 +36,7 @@ def frames(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
 
 def test_random_masking_keeps_a_quarter_per_sample_and_the_unshuffle_restores_order():
     tokens = torch.arange(64, dtype=torch.float32).view(1, 64, 1).expand(5, 64, 3)  # (B, N, D) value = index
-    kept, mask, ids_restore = random_masking(tokens, 0.75, torch.Generator().manual_seed(0))
+    kept, mask, ids_restore = ConvMaskedAutoencoder.random_masking(tokens, 0.75, torch.Generator().manual_seed(0))
     assert kept.shape == (5, 16, 3) and mask.shape == (5, 64)
     assert (mask.sum(1) == 48).all()  # exactly 16 of 64 kept in every sample (mask: 1 = dropped)
     for b in range(5):  # the kept tokens are exactly the unmasked positions
