@@ -133,6 +133,8 @@ class ConvMaskedAutoencoder(nn.Module):
     """MWM's MAE. Frames are uint8 (B, 3, H, W); ``encode``/``features`` give tokens (B, 1 + kept, D), CLS
     first; ``loss`` trains it."""
 
+    random_masking = staticmethod(random_masking)
+
     def __init__(self, config: MAEConfig | None = None):
         super().__init__()
         self.config = cfg = config or MAEConfig()
