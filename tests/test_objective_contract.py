@@ -57,12 +57,22 @@ def masked(method: str):
     return build
 
 
+def mae(obs_type: str, **extra) -> PretrainModule:
+    """MWM's masked autoencoder (configs/methods/mae.yaml) at a micro size: its own network, the trunk frozen."""
+    config = {"image_size": 32, "embed_dim": 32, "decoder_dim": 32, "encoder_depth": 1, "decoder_depth": 1,
+              "n_head": 2}
+    spec = {"class_path": "control_pretrain.objectives.MaskedAutoencoderObjective", "init_args": {"config": config}}
+    return PretrainModule(obs_type=obs_type, objectives=[spec], **SIZES, **extra)
+
+
 # The EMA target encoder moves through the objective's hook: forward dynamics always, MaskDP's for pixel targets.
 EMA_TARGETS = {("forward", "state"), ("forward", "pixels"), ("maskdp", "pixels")}
 OBJECTIVES = {"maskdp": masked("maskdp"), "forward": pretrain_only("forward"), "inverse": pretrain_only("inverse"),
               "masked_hindsight": pretrain_only("masked_hindsight"), "bc": policy("naive"),
-              "rtg": policy("reward_conditioned")}
-CASES = [(name, obs_type) for name in OBJECTIVES for obs_type in ("state", "pixels")]
+              "rtg": policy("reward_conditioned"), "mae": mae}
+PIXELS_ONLY = {"mae"}  # reconstructs frames
+CASES = [(name, obs_type) for name in OBJECTIVES for obs_type in ("state", "pixels")
+         if obs_type == "pixels" or name not in PIXELS_ONLY]
 
 
 def outputs(module, batch: dict) -> dict[str, torch.Tensor]:

@@ -147,6 +147,8 @@ class PretrainModule(ControlModule):
                     module.requires_grad_(False)
             for param in self.model.parameters(recurse=False):
                 param.requires_grad_(False)
+        if not any(o.uses_obs_encoder for o in self.objectives.values()):
+            self.model.obs_encoder.requires_grad_(False)  # objectives with their own network (MAE): trunk unused
         rmhc = self.objective("masked_hindsight")
         if rmhc is not None:  # fixed sizes until the first epoch starts (the curriculum sets them per epoch)
             rmhc.mask_actions, rmhc.mask_obs = max(mask_actions, 1), max(mask_obs, 0)

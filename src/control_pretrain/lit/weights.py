@@ -151,6 +151,8 @@ def load_weights(module: nn.Module, pretrained: Pretrained | str, exclude: Itera
     own = module.state_dict()
     loaded, reinit = [], []
     for name, value in own.items():
+        if not isinstance(value, torch.Tensor):  # a module's extra state (the MAE's config): its own, never copied
+            continue
         src = source.get(name)
         if name.startswith(exclude) or src is None or src.shape != value.shape:
             reinit.append(name)

@@ -109,3 +109,14 @@ class StepOffsetBias(nn.Module):
         table = self.bias.permute(2, 3, 4, 0, 1)  # (M, M, 2D+1, n_layer, nh)
         bias = table[modality[:, :, None], modality[:, None, :], offset]  # (B, L, L, n_layer, nh)
         return self.scale * bias.permute(3, 0, 4, 1, 2)  # (n_layer, B, nh, L, L)
+
+
+def sincos_2d(grid_h: int, grid_w: int, width: int, device=None) -> Tensor:
+    """(grid_h * grid_w, C) fixed 2-D sin-cos embedding of a row-major token grid (MAE, He et al. 2022; MWM's
+    early-conv tokens, mlr_mwm.md §B.2): the first C/2 features encode the row, the last C/2 the column, each as
+    ``sinusoid``."""
+    if width % 4:
+        raise ValueError(f"a 2-D sin-cos embedding needs a width divisible by 4, got {width}")
+    rows = torch.arange(grid_h, device=device).repeat_interleave(grid_w)  # (H*W,) row of each token
+    cols = torch.arange(grid_w, device=device).repeat(grid_h)  # (H*W,) column of each token
+    return torch.cat([sinusoid(grid_h, width // 2, device)[rows], sinusoid(grid_w, width // 2, device)[cols]], dim=1)

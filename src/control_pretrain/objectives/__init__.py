@@ -1,7 +1,8 @@
 """One class per training objective: SMART's pretraining objectives (objectives/smart/), MLR's masked latent
-reconstruction (mlr_objective.py), BC and return-conditioned control (policy.py)."""
+reconstruction (mlr_objective.py), MWM's masked autoencoder (mae_objective.py), BC and return-conditioned control (policy.py)."""
 
 from .base import Objective, action_loss, combine_losses
+from .mae_objective import MaskedAutoencoderObjective
 from .mlr_objective import MaskedLatentReconstructionObjective, MLRObjectiveConfig
 from .policy import BehaviorCloningObjective, ReturnConditionedConfig, ReturnConditionedObjective
 from .smart import (
@@ -22,6 +23,7 @@ __all__ = [
     "InverseDynamicsConfig",
     "InverseDynamicsObjective",
     "MLRObjectiveConfig",
+    "MaskedAutoencoderObjective",
     "MaskedHindsightControlConfig",
     "MaskedHindsightControlObjective",
     "MaskedLatentReconstructionObjective",

@@ -45,6 +45,7 @@ class Objective(nn.Module):
 
     name: ClassVar[str] = "objective"  # metric key: train/<name>_loss
     uses_transformer: ClassVar[bool] = True  # False: trains the observation encoder only (MLR)
+    uses_obs_encoder: ClassVar[bool] = True  # False: reads nothing of the trunk (the MAE owns its network)
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
