@@ -23,7 +23,7 @@ from torch import nn
 from ..data.slots import SlotLayout
 from ..errors import CheckpointError
 from ..models.control_transformer import stored_model_config
-from ..safe_load import load_checkpoint
+from ..safe_load import load_checkpoint, trusted
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def read_pretrained(path: str) -> Pretrained:
     if not os.path.exists(path):
         read_checkpoint(path)  # raises the clear error
     stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, trusted())  # a refused file stays refused
     if _last_read is None or _last_read[0] != key:
         _last_read = (key, Pretrained.from_checkpoint(path, read_checkpoint(path)))
     return _last_read[1]
