@@ -15,6 +15,10 @@ reach held-out goals and continue held-out prompts in dm_control (MaskDP's zero-
 These need a masked checkpoint (MTM or MaskDP, lit/mtm_downstream_module.py), whose module is chosen from the
 checkpoint (or with ``--method mtm|maskdp`` from scratch). ``--method smart`` with a masked checkpoint is MaskDP's
 causal finetuning: SMART's causal control transformer starts from the checkpoint's encoders and blocks.
+
+Checkpoints (``--load_model_from``, ``--ckpt_path``, the report's reload of the best one) are read without running
+code stored in them; a file that would run code is refused unless ``--trust_checkpoint`` is given (only for files
+from a source you trust; control_pretrain/safe_load.py).
 """
 
 import sys
@@ -27,6 +31,7 @@ from control_pretrain.eval.report import final_report, offline_report
 from control_pretrain.lit.downstream_module import DownstreamModule
 from control_pretrain.lit.mtm_downstream_module import OFFLINE_MODES, MTMDownstreamModule
 from control_pretrain.lit.weights import read_pretrained, trunk_kind
+from control_pretrain.safe_load import TRUST_FLAG, trusting
 
 FLAGS = {
     "--domain": "--data.domain",
@@ -77,11 +82,16 @@ def choose_module(argv: list[str]) -> tuple[type, list[str]]:
 
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        module, argv = choose_module(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    with trusting(TRUST_FLAG in argv):  # the checkpoint is read first here (choose_module), then by the CLI
+        try:
+            return finetune_and_report(argv)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+
+def finetune_and_report(argv: list[str]):
+    module, argv = choose_module(argv)
     cli = run_cli(module, DownstreamDataModule, FLAGS, SWITCHES,
                   trainer_defaults={"max_epochs": 30, "gradient_clip_val": 1.0, "default_root_dir": "outputs/downstream"},
                   description=__doc__, argv=argv, downstream=True)
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None):
             print(f"{report['domain']}-{report['task']} {report['mode']}: {metrics} on "
                   f"{len(report['episodes'])} held-out episodes", file=sys.stdout)
         return cli, report
-    report = final_report(cli.trainer, cli.model, cli.datamodule, cli.trainer.default_root_dir)
+    report = final_report(cli.trainer, cli.model, cli.datamodule, cli.trainer.default_root_dir)  # reloads the best
     if cli.trainer.is_global_zero:
         best = report.get("best", {})
         print(f"{report['domain']}-{report['task']} {report['model_type']}: last checkpoint return "

@@ -11,6 +11,10 @@ files and flags stack on top of it (last wins). ``--method mtm`` trains MTM's ma
 SMART's control transformer (lit/mtm_module.py); ``--method maskdp`` trains the same model over
 (observation, action) tokens with MaskDP's mask (configs/methods/maskdp.yaml). ``--model_type`` is accepted for the
 original command lines and ignored: pretraining trains no policy head.
+
+Checkpoints (``--ckpt_path`` to resume, ``--load_model_from``/``--model.init_from``) are read without running code
+stored in them; a file that would run code is refused unless ``--trust_checkpoint`` is given (only for files from
+a source you trust; control_pretrain/safe_load.py).
 """
 
 import logging

@@ -198,6 +198,39 @@ def test_mlr_objective_beside_smart_objectives_and_refusals():
         MaskedLatentReconstructionObjective(32, 4, MLRObjectiveConfig(clip_len=6, block=4))
 
 
+
+@pytest.mark.parametrize("center", [True, False])
+def test_offline_mlr_keeps_the_cnn_informative_on_real_frames_and_collapses_without_centred_targets(pixel_dir, center):
+    """On real cartpole frames the reference's uncentred targets let the CNN collapse to one constant vector within
+    20 steps (docs/results.md, offline MLR); centred targets keep its features varying across frames."""
+    import h5py
+    from conftest import optimizer_step as step
+
+    from control_pretrain.lit.pretrain_module import PretrainModule
+
+    with h5py.File(next(pixel_dir.glob("randcollect_cartpole_swingup/*.h5"))) as f:
+        frames, actions = torch.from_numpy(f["pixels"][:]), torch.from_numpy(f["actions"][:])
+    train, held_out = frames[:250], frames[250::2]  # episode 1 trains, episode 2 is scored
+    K, B = 8, 8
+    torch.manual_seed(0)
+    mlr = {"class_path": "control_pretrain.objectives.MaskedLatentReconstructionObjective",
+           "init_args": {"config": {"clip_len": K, "block": 4, "center_targets": center}}}
+    module = PretrainModule(obs_type="pixels", obs_dim=5, action_dim=1, n_layer=1, n_head=2, n_embd=32,
+                            context_length=K, max_timestep=1000, lr=1e-3, lr_schedule="constant", weight_decay=0.0,
+                            objectives=[mlr]).train()
+    optimizer, g = module.configure_optimizers(), torch.Generator().manual_seed(1)
+    for _ in range(60):
+        idx = torch.randint(0, len(train) - K, (B,), generator=g)[:, None] + torch.arange(K)  # (B, K)
+        step(module, optimizer, {"pixels": train[idx], "actions": actions[idx], "action_mask": torch.ones(B, 1),
+                                 "domain_id": torch.zeros(B, dtype=torch.long)})
+    with torch.no_grad():
+        spread = module.model.obs_encoder(held_out).std(0).mean().item()  # across frames, per feature
+    if center:
+        assert spread > 0.01, spread
+    else:
+        assert spread < 1e-3, spread  # collapsed: the test can tell
+
+
 @pytest.fixture(scope="module")
 def mlr_pretrained(pixel_dir, tmp_path_factory):
     """``dmc_pretrain.py --method mlr`` on real (fast-rendered) pixel windows, tiny."""

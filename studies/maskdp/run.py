@@ -104,7 +104,8 @@ def pretrain(domain: str, task: str, ratio: str | None, seed: int, out: str) -> 
 def cell(domain: str, task: str, method: str, seed: int, out: str) -> dict:
     if method.startswith("maskdp"):
         ratio = method.split("-r", 1)[1] if "-r" in method else None
-        module = MTMPretrainModule.load_from_checkpoint(pretrain(domain, task, ratio, seed, out), map_location="cpu")
+        module = MTMPretrainModule.load_from_checkpoint(pretrain(domain, task, ratio, seed, out), map_location="cpu",
+                                                        weights_only=True)  # never runs code stored in the file
         model = module.model.eval()
         file = held_out(domain, task)
         policy = MaskedGoalPolicy(model, domain, file.obs_dim, file.action_dim)

@@ -121,7 +121,7 @@ def pretrain(method: str, seed: int, out: str) -> str:
 
 def mtm_cell(method: str, seed: int, dm: MultiTaskDataModule, out: str) -> dict:
     ckpt = pretrain(method, seed, out)
-    module = MTMPretrainModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    module = MTMPretrainModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
     names = list(KINDS) if method.startswith("mtm") else [method.split("-", 1)[1]]
     cell = {"probes": mean_probe_errors(module.model, dm.val_dataloader(), names), "rollouts": {}}
     for mode in [n for n in names if n in ("bc", "rcbc")]:

@@ -17,8 +17,10 @@ import time
 import torch
 
 from control_pretrain.data.datamodules.pretrain import MultiTaskDataModule
+from control_pretrain.errors import UserError
 from control_pretrain.lit.pretrain_module import PretrainModule
 from control_pretrain.lit.probes import PROBES, RepresentationProbes
+from control_pretrain.safe_load import TRUST_HELP, load_checkpoint
 
 
 def own_hparams(hparams: dict) -> dict:
@@ -31,12 +33,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--windows", type=int, default=512, help="validation windows probed (--model.probe_windows)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one thread: timings comparable across runs on a shared machine
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, args.trust_checkpoint)  # refuses a file that would run code
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     data = MultiTaskDataModule(**own_hparams(ckpt["datamodule_hyper_parameters"]))
     data.setup()
-    trained = PretrainModule.load_from_checkpoint(args.checkpoint, map_location="cpu")
+    trained = PretrainModule.load_from_checkpoint(args.checkpoint, map_location="cpu",
+                                                  weights_only=not args.trust_checkpoint)
     torch.manual_seed(args.seed)
     fresh = PretrainModule(**own_hparams(dict(trained.hparams)))
     rows, seconds = {}, {}

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ..errors import ArgumentError
+from ..safe_load import load_checkpoint
 from .loop import EVAL_SEED_OFFSET
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class OnlineRun:
     preset: str = "paper"  # pixel agents: agents/pixel_presets.py (sac, sac_mlr) or agents/mwm/presets.py (mwm)
     encoder_from: str | None = None  # pixel agents: start from a pretrained encoder (pretrained_encoder; MWM: an MAE)
     freeze_encoder: bool = False
+    trust_checkpoint: bool = False  # --encoder_from may run code stored in the file (safe_load.py); not identity
 
     @property
     def repeat(self) -> int:
@@ -74,7 +75,7 @@ class OnlineRun:
                 options["freeze_mae"] = True
             return options
         if self.encoder_from:
-            options.update(pretrained_encoder(self.encoder_from)[1])
+            options.update(pretrained_encoder(self.encoder_from, self.trust_checkpoint)[1])
         if self.freeze_encoder:
             options["freeze_encoder"] = True
         return options
@@ -204,9 +205,11 @@ def _train(run: OnlineRun, progress: Callable[[int], None] | None) -> str:
         log.info("%s", header(run, loop.agent))
         # a resumed run's snapshot holds the encoder as trained since; MWM loads its MAE itself (mae_from)
         if run.encoder_from and not run.resume and run.agent != "mwm":
-            loop.agent.load_encoder(pretrained_encoder(run.encoder_from)[0])
+            loop.agent.load_encoder(pretrained_encoder(run.encoder_from, run.trust_checkpoint)[0])
         if run.resume:
-            loop.load_snapshot(torch.load(state_path, map_location="cpu", weights_only=True))
+            loop.load_snapshot(load_checkpoint(state_path, trust=False, refused_hint=(
+                f"A run writes its {STATE_FILE} itself and never puts such objects in it, so this file is not the "
+                "run's own: start the run again in an empty --output_dir.")))
             log.info("%s: resuming at step %d (%d episodes)", run.folder, loop.step, loop.episodes)
 
         def after_episode(steps: int) -> None:
@@ -269,21 +272,17 @@ def header(run: OnlineRun, agent) -> str:
     return line
 
 
-def pretrained_encoder(path: str) -> tuple[dict, dict]:
+def pretrained_encoder(path: str, trust: bool = False) -> tuple[dict, dict]:
     """The convolutions to start a pixel agent from, and the options they need: from a pixel pretraining
     checkpoint (``dmc_pretrain.py --obs_type pixels``, any method: the pipeline's CNN, encoder ``smart``) or from
-    a pixel agent's ``agent.pt`` (the CURL convolutions). Read with ``weights_only``: no code is unpickled."""
-    import torch
-
+    a pixel agent's ``agent.pt`` (the CURL convolutions). Read without running code unless ``trust``
+    (``--trust_checkpoint``, safe_load.py)."""
     from ..errors import CheckpointError
     from ..models.stacked_frame_encoder import pretrained_cnn_state
 
     if not os.path.exists(path):
         raise CheckpointError(f"--encoder_from {path}: no such file.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"--encoder_from {path}: not a checkpoint that loads without running code ({err}).")
+    state = load_checkpoint(path, trust)
     if not isinstance(state, dict):
         raise CheckpointError(f"--encoder_from {path}: expected a checkpoint dict, found {type(state).__name__}.")
     if isinstance(state.get("encoder"), dict) and "config" in state:  # a pixel agent's agent.pt

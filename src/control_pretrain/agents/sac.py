@@ -284,7 +284,11 @@ class SACAgent:
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu") -> tuple[SACAgent, dict]:
-        """The agent saved at ``path`` (weights only: no code is unpickled) and the whole saved dict (for any
-        ``extra`` entries)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """The agent saved at ``path`` (weights only: no code is unpickled, safe_load.py) and the whole saved dict
+        (for any ``extra`` entries)."""
+        from ..safe_load import load_checkpoint
+
+        state = load_checkpoint(path, trust=False, refused_hint=(
+            "Saved agents (collect --save_agent, dmc_online.py's agent.pt) never hold such objects: save the agent "
+            "again with this version."))
         return cls.from_state_dict(state, device=device), state

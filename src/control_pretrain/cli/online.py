@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel agents: start from the CNN of a pixel pretraining checkpoint (any --method) or the "
                    "convolutions of a pixel agent's agent.pt; mwm: the MAE of a --method mae checkpoint")
     p.add_argument("--freeze_encoder", action="store_true", help="with --encoder_from: keep those weights fixed")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="load --encoder_from even if unpickling it can run code stored in the file; only for files "
+                   "from a source you trust. Without it such files are refused. (The run's own state.pt snapshot "
+                   "is always read without running code.)")
     for name in AGENT_NAMES:
         defaults: dict[str, dict] = {}  # option -> {obs type: default} over the agent's configs
         for (agent, obs_type), (config_cls, _) in AGENTS.items():
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                     record=args.record, overrides=overrides, eval_every=args.eval_every,
                     eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
                     action_repeat=args.action_repeat, device=args.device, preset=args.preset,
-                    encoder_from=args.encoder_from, freeze_encoder=args.freeze_encoder)
+                    encoder_from=args.encoder_from, freeze_encoder=args.freeze_encoder,
+                    trust_checkpoint=args.trust_checkpoint)
     try:
         print(train_online(run))
     except UserError as err:

@@ -20,10 +20,12 @@ from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import ArgumentError, UserError
 from ..lit.callbacks import DataWaitMonitor, FlopsPerBatchEstimate, throughput_monitor
-from ..lit.weights import checkpoint_defaults, read_pretrained
+from ..lit.weights import SafeCheckpointIO, checkpoint_defaults, read_pretrained
+from ..safe_load import TRUST_FLAG, TRUST_HELP, set_trust, trusting
 
 # Shared by both scripts; each adds its own.
 COMMON_FLAGS = {
@@ -143,13 +145,21 @@ class ControlCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="resume from this checkpoint, or 'last' for the run's last.ckpt")
+        # Read from the command line before anything is parsed (``trusting`` in run_cli), kept in sys.argv for the
+        # processes DDP starts; never written to config.yaml (a rerun with --config trusts nothing by itself).
+        parser.add_argument(TRUST_FLAG, action="store_true", help=TRUST_HELP)
         parser.link_arguments("model.context_length", "data.context_length")
         parser.link_arguments("model.obs_type", "data.obs_type")
         parser.link_arguments("data.obs_dim", "model.obs_dim", apply_on="instantiate")
         parser.link_arguments("data.action_dim", "model.action_dim", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        if self.config.get("trust_checkpoint"):  # also from a --config file
+            set_trust(True)
+
     def instantiate_trainer(self, **kwargs):
-        """Default logger and checkpoints live under ``trainer.default_root_dir`` (the original --output_dir)."""
+        """Default logger and checkpoints live under ``trainer.default_root_dir`` (the original --output_dir).
+        Checkpoints are read without running code (``SafeCheckpointIO``)."""
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         root = trainer_cfg.get("default_root_dir") or "outputs/run"
         os.makedirs(root, exist_ok=True)
@@ -168,12 +178,17 @@ class ControlCLI(LightningCLI):
                 auto_insert_metric_name=False, enable_version_counter=False,
                 filename="best-epoch{epoch:02d}-" + metric.replace("/", "_") + "{" + metric + ":.4f}"))
         self.trainer_defaults["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a user's plugin
+            trainer.strategy.checkpoint_io = SafeCheckpointIO()
+        return trainer
 
     def save_resolved_config(self) -> str:
         path = os.path.join(self.trainer.default_root_dir, "config.yaml")
         if self.trainer.is_global_zero:
-            self.parser.save(self.config, path, overwrite=True, skip_check=True)
+            config = self.config.clone()
+            config.trust_checkpoint = False
+            self.parser.save(config, path, overwrite=True, skip_check=True)
         return path
 
 
@@ -272,20 +287,22 @@ def run_cli(module_class, datamodule_class, flags: dict[str, str], switches: dic
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *args]  # LightningCLI reads sys.argv; passing args= too makes it warn
-    try:
-        cli_class = DownstreamCLI if downstream else PretrainCLI if method is not None else ControlCLI
-        cli = cli_class(module_class, datamodule_class, run=False, save_config_callback=None,
-                         trainer_defaults={"use_distributed_sampler": False, **trainer_defaults},  # data/windows.py
-                         seed_everything_default=123,
-                         parser_kwargs={"description": description, "epilog": legacy_help({**COMMON_FLAGS, **flags})})
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    path = cli.save_resolved_config()
-    logging.getLogger(__name__).info("resolved config written to %s", path)
-    try:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    with trusting(TRUST_FLAG in args):  # every checkpoint read from here on (safe_load.py)
+        try:
+            cli_class = DownstreamCLI if downstream else PretrainCLI if method is not None else ControlCLI
+            cli = cli_class(module_class, datamodule_class, run=False, save_config_callback=None,
+                            trainer_defaults={"use_distributed_sampler": False, **trainer_defaults},  # data/windows.py
+                            seed_everything_default=123,
+                            parser_kwargs={"description": description,
+                                           "epilog": legacy_help({**COMMON_FLAGS, **flags})})
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        path = cli.save_resolved_config()
+        logging.getLogger(__name__).info("resolved config written to %s", path)
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     return cli

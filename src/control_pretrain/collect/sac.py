@@ -79,12 +79,13 @@ class Recording:
 
     def restore(self) -> None:
         """Continue from the partial file and the saved state (if any)."""
-        import torch
+        from ..safe_load import load_checkpoint
 
         job, loop, n = self.job, self.loop, self.writer.num_steps
         rows = self.writer.read(("observations", "actions", "rewards", "terminals", "timeouts"))
-        saved = torch.load(state_file(job), map_location="cpu", weights_only=True) if os.path.exists(
-            state_file(job)) else None
+        saved = load_checkpoint(state_file(job), trust=False, refused_hint=(
+            "The collector writes this file itself and never puts such objects in it: pass --overwrite (instead of "
+            "--resume) to start over.")) if os.path.exists(state_file(job)) else None
         if saved is not None and saved.get("format") != SNAPSHOT_FORMAT:
             raise DatasetError(f"{state_file(job)} was written by an older version of the collector and cannot be "
                                "continued; pass --overwrite (instead of --resume) to start over.")

@@ -10,6 +10,7 @@ the Trainer's ``gradient_clip_val`` (default 1.0 in our CLI).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,6 +31,15 @@ log = logging.getLogger(__name__)
 
 OBS_STATS_FILE = "obs_stats.json"  # next to config.yaml in the run's output directory
 NORMALIZER_PREFIX = "model.obs_normalizer."  # its buffers in the module's state dict
+
+
+def plain_hparams(hparams) -> None:
+    """Settings objects (``MaskedReconstructionConfig``, ``GoalEvalConfig``) of a module built in Python are stored
+    as dicts, as the CLI stores them: a checkpoint then holds nothing but tensors and primitives and loads
+    weights-only (safe_load.py). The modules accept either form."""
+    for key, value in hparams.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            hparams[key] = dataclasses.asdict(value)
 
 
 class ControlModule(LightningModule):

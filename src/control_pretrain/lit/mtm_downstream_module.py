@@ -32,7 +32,7 @@ from ..eval.masked_probes import mean_probe_errors, probe_errors, probe_names
 from ..eval.policies import MaskedTrajectoryPolicy
 from ..models.masked_trajectory import MaskedTrajectoryConfig, MaskedTrajectoryModel
 from ..objectives.mtm import MaskedReconstructionConfig, MaskedReconstructionObjective
-from .control_module import NORMALIZER_PREFIX, ControlModule
+from .control_module import NORMALIZER_PREFIX, ControlModule, plain_hparams
 from .downstream_module import DownstreamModule
 from .mtm_module import VALIDATION_MASK_SEED, mask_seed
 from .weights import forget_pretrained, load_weights, read_pretrained
@@ -129,6 +129,7 @@ class MTMDownstreamModule(DownstreamModule):
         """
         ControlModule.__init__(self)  # DownstreamModule's own __init__ builds SMART's trunk; its methods are reused
         self.save_hyperparameters()
+        plain_hparams(self.hparams)
         if mode not in MODES:
             raise ArgumentError(f"--mode {mode}: expected one of {MODES}.")
         if mode in GOAL_MODES and obs_type != "state":
@@ -147,6 +148,8 @@ class MTMDownstreamModule(DownstreamModule):
             n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer, context_length=context_length, dropout=dropout,
             mae_split=mae_split, step_bias=step_bias, modalities=tuple(modalities))
         self.build_model(MaskedTrajectoryModel(config), compile)
+        if isinstance(objective, dict):  # hyperparameters read back from a plain (weights-only) file
+            objective = MaskedReconstructionConfig(**objective)
         objective = objective or MaskedReconstructionConfig(masks=[FINETUNE_MASKS[mode]])
         self.add_objective(MaskedReconstructionObjective(config=objective))
         self.loaded: list[str] = []

@@ -27,7 +27,7 @@ from ..errors import ArgumentError
 from ..eval.masked_probes import probe_errors, probe_names
 from ..models.masked_trajectory import MaskedTrajectoryConfig, MaskedTrajectoryModel
 from ..objectives.mtm import MaskedReconstructionConfig, MaskedReconstructionObjective
-from .control_module import ControlModule
+from .control_module import ControlModule, plain_hparams
 from .weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class MTMPretrainModule(ControlModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        plain_hparams(self.hparams)
         config = MaskedTrajectoryConfig(obs_type=obs_type, obs_dim=obs_dim, action_dim=action_dim, n_embd=n_embd,
                                         n_head=n_head, n_enc_layer=n_enc_layer, n_dec_layer=n_dec_layer,
                                         context_length=context_length, dropout=dropout, mae_split=mae_split,

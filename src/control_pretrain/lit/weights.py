@@ -17,11 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from torch import nn
 
 from ..data.slots import SlotLayout
 from ..errors import CheckpointError
 from ..models.control_transformer import stored_model_config
+from ..safe_load import load_checkpoint, trusted
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +64,25 @@ def architecture_keys(theirs: dict, ours: dict) -> tuple[str, ...]:
 
 
 def read_checkpoint(path: str) -> dict:
+    """A Lightning checkpoint of this project, read without running code unless ``--trust_checkpoint`` was given
+    (safe_load.py)."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint. Pass the path of a .ckpt written by a run.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoints (hparams pickled)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}).") from None
-    if "state_dict" not in ckpt:
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path}: has no 'state_dict'; it is not a Lightning checkpoint of this project.")
     return ckpt
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reads (``--ckpt_path`` resume, ``trainer.test(ckpt_path=...)`` in the report) through
+    ``load_checkpoint``: refused without ``--trust_checkpoint`` if unpickling could run code. Writing is
+    Lightning's own."""
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        # map_location: the CPU (Lightning moves the states to the module's device); weights_only: the process's
+        # --trust_checkpoint decides, not the caller.
+        return load_checkpoint(str(path))
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ def read_pretrained(path: str) -> Pretrained:
     if not os.path.exists(path):
         read_checkpoint(path)  # raises the clear error
     stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size, trusted())  # a refused file stays refused
     if _last_read is None or _last_read[0] != key:
         _last_read = (key, Pretrained.from_checkpoint(path, read_checkpoint(path)))
     return _last_read[1]

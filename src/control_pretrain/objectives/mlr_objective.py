@@ -19,6 +19,13 @@ Deviations, forced by the offline data:
 - the optimiser is the pretraining module's (AdamW and its schedule), not MLR's own Adam with warm-up and
   inverse-square-root decay; the momentum encoder is this objective's own (forward dynamics' EMA target moves at
   its own rate).
+
+Deviation that stops a collapse (``center_targets``, on by default): the targets minus their batch mean, as DINO
+centres its teacher. Offline there is no critic loss to keep the CNN informative, and on cartpole frames SMART's
+CNN starts with features that barely vary across frames (std 0.0016), so the reference's loss drives it to one
+constant vector within 20 steps (loss 4e-5, feature std 0; docs/results.md). Centred, a constant target is the
+zero vector and scores 2, so the CNN must tell frames apart. Validation subtracts the running mean of the training
+batches (``center_momentum``), as BatchNorm does. ``center_targets false`` reproduces the reference's loss.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from ..models.ema import ema_update
 from ..models.encoders import PixelEncoder
 from ..models.trunk import Trunk
 from .base import Objective
-from .mlr import LatentReconstruction, MLRConfig
+from .mlr import LatentReconstruction, MLRConfig, mlr_loss
 
 
 @dataclass
@@ -48,6 +55,10 @@ class MLRObjectiveConfig:
     per_sample_mask: bool = False  # the reference draws one mask per batch
     tau: float = 0.05
     ema_every: int = 2  # optimiser steps between momentum updates (the reference's target cadence)
+    # Targets minus their batch mean (DINO's centering; the deviation that stops the collapse, module docstring),
+    # and the momentum of the running mean validation uses; center_targets false = the reference's targets.
+    center_targets: bool = True
+    center_momentum: float = 0.9
 
 
 def random_shift(frames: Tensor, pad: int) -> Tensor:
@@ -72,6 +83,8 @@ class MaskedLatentReconstructionObjective(Objective):
         self.momentum = PixelEncoder(n_embd).requires_grad_(False)  # copied from the trunk's CNN at the first step
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("synced", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("target_center", torch.zeros(n_embd))
+        self.register_buffer("center_ready", torch.zeros((), dtype=torch.bool))
 
     def _encode(self, encoder: nn.Module, clips: Tensor) -> Tensor:
         B, K = clips.shape[:2]
@@ -93,10 +106,26 @@ class MaskedLatentReconstructionObjective(Objective):
                                 device=clips.device)
         online = self._encode(model.obs_encoder, apply_cube_masks(clips, masks))  # mask first, then shift
         with torch.no_grad():
-            target = self._encode(self.momentum, clips)
+            momentum_latents = self._encode(self.momentum, clips)
         # collapse shows as online features that no longer vary across frames (loss -> 0 with std -> 0)
         feature_std = online.detach().flatten(0, 1).std(0).mean()
-        return {"loss": self.head.loss(online, actions.to(online.dtype), target), "metrics": {"feature_std": feature_std}}
+        targets = self.head.targets(momentum_latents)  # (B, K, C)
+        if cfg.center_targets:
+            targets = targets - self._center(targets)
+        loss = mlr_loss(self.head.predict(online, actions.to(online.dtype)), targets)
+        return {"loss": loss, "metrics": {"feature_std": feature_std}}
+
+    @torch.no_grad()
+    def _center(self, targets: Tensor) -> Tensor:
+        """What to subtract from the targets (C,), as BatchNorm does its mean: in training this batch's mean (a
+        running mean lags a collapse that takes ~10 steps), in evaluation the running mean of the training batches
+        (validation batches of neighbouring windows share most of their content, and their own mean removes it)."""
+        if not self.training:
+            return self.target_center
+        batch_mean = targets.flatten(0, 1).mean(0)  # (C,)
+        self.target_center.lerp_(batch_mean, 1.0 - self.config.center_momentum if bool(self.center_ready) else 1.0)
+        self.center_ready.fill_(True)
+        return batch_mean
 
     def after_optimizer_step(self, model: Trunk) -> None:
         self.steps += 1
