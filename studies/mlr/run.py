@@ -81,9 +81,10 @@ def read_metrics(folder: str) -> tuple[list[dict], float]:
     return [records[k] for k in sorted(records)], wall + segment
 
 
-def run_random(preset: dict, task: str, seed: int) -> dict:
+def run_random(preset: dict, task: str, seed: int, action_repeat: int | None = None) -> dict:
     """A uniformly random policy through the loop's evaluation (agents/loop.py ``evaluate``) on the evaluation
-    environment of a seed-``seed`` run: the same initial states the agents are scored on."""
+    environment of a seed-``seed`` run: the same initial states the agents are scored on (``action_repeat``: the
+    paper's for the domain unless given; studies/mwm/run.py uses MWM's 2)."""
     import numpy as np
 
     from control_pretrain.agents.loop import EVAL_SEED_OFFSET, evaluate
@@ -91,7 +92,8 @@ def run_random(preset: dict, task: str, seed: int) -> dict:
     from control_pretrain.envs.dmc import make_env
 
     domain, name = task.split("-")
-    env = make_env(domain, name, seed=seed + EVAL_SEED_OFFSET, action_repeat=paper_action_repeat(domain))
+    repeat = action_repeat or paper_action_repeat(domain)
+    env = make_env(domain, name, seed=seed + EVAL_SEED_OFFSET, action_repeat=repeat)
     rng = np.random.default_rng(seed)
 
     class Random:
