@@ -185,3 +185,13 @@ def test_target_return_for():
     assert ss.target_return_for("reacher", "easy", override=1000) == 1000.0
     with pytest.raises(ValueError, match="--target_return"):
         ss.target_return_for("reacher", "easy")
+
+
+def test_performance_profile_by_hand_weighs_tasks_equally():
+    # task a: 4 runs, 2 above 0.5; task b: 1 run above 0.5 -> (0.5 + 1) / 2, not 3 / 5 of all runs pooled
+    scores = {"a": [0.1, 0.2, 0.6, 0.9], "b": [0.7]}
+    prof = ss.performance_profile(scores, [0.0, 0.5, 0.8, 1.0])
+    np.testing.assert_allclose(prof, [1.0, 0.75, 0.125, 0.0])
+    lo, hi = ss.performance_profile_ci(scores, [0.0, 0.5, 0.8, 1.0], n_boot=500)
+    assert np.all(lo <= prof + 1e-12) and np.all(prof <= hi + 1e-12)
+    assert lo[1] < 0.75 < hi[1]  # task a's 2-of-4 is uncertain; the bounds are not collapsed

@@ -29,7 +29,7 @@ report = _load("report")
 
 
 def test_shipped_presets_load_typed():
-    assert preset.preset_names() == ["cpu", "mlr_offline", "objectives", "paper", "transfer"]
+    assert preset.preset_names() == ["compare", "cpu", "mlr_offline", "objectives", "paper", "transfer"]
     cpu, paper = preset.load_preset("cpu"), preset.load_preset("paper")
     assert cpu.name == "cpu" and cpu.episodes == (10, 50) and cpu.seeds == (1, 2, 3)
     assert cpu.model == {"n_layer": 2, "n_head": 2, "n_embd": 64} and cpu.target_returns == {"reacher-easy": 1000.0}
@@ -60,7 +60,7 @@ def test_preset_errors_name_file_and_key(tmp_path):
         preset.load_preset(_write(tmp_path, good.replace("seeds: [1, 2, 3]", "seeds: [1, two]")))
     with pytest.raises(ArgumentError, match=r"missing key\(s\) val_every"):
         preset.load_preset(_write(tmp_path, good.replace("val_every: 100\n", "")))
-    with pytest.raises(ArgumentError, match="--preset gpu: no preset file.*cpu, mlr_offline, objectives, paper"):
+    with pytest.raises(ArgumentError, match="--preset gpu: no preset file.*compare, cpu, mlr_offline, objectives"):
         preset.load_preset("gpu")
     with pytest.raises(ArgumentError, match="score: expected one of return, demonstrator, found 'expert'"):
         preset.load_preset(_write(tmp_path, good + "score: expert\n"))
@@ -95,6 +95,33 @@ def test_inits_with_flags_get_their_own_pretraining_run():
     load = run.cell_cmd(ablation, cell)
     assert load[load.index("--load_model_from") + 1] == "outputs/study/objectives/pretrain_fd/checkpoints/last.ckpt"
     assert run.data_root(ablation) == run.data_root(cpu) == "data/study"
+
+
+def test_comparison_inits_share_data_and_sizes_and_keep_their_finetuning_flags(tmp_path):
+    """The comparison preset (issue 20): every init reads both data kinds (mix, all steps of both files), masked
+    trunks get the same depth as encoder + 1 decoder block, and an init's finetune flags reach only its cells."""
+    run = _load("run")
+    compare = preset.load_preset("compare")
+    assert compare.init_names == ("scratch", "smart", "smart-original", "mtm", "maskdp")
+    for init in compare.inits:
+        cmd = run.pretrain_cmd(compare, compare.pretrain_run(init))
+        assert cmd[cmd.index("--source_data_type") + 1] == "mix" and cmd[cmd.index("--num_steps") + 1] == "40000"
+    mtm = run.pretrain_cmd(compare, "mtm")
+    assert "--model.n_layer" not in mtm and mtm[mtm.index("--model.n_enc_layer") + 1] == "2"
+    assert mtm[mtm.index("--model.n_dec_layer") + 1] == "1"
+    maskdp_cell = run.cell_cmd(compare, run.Cell("bc", "walker-walk", 10, "maskdp", 1))
+    assert maskdp_cell[-2:] == ["--method", "smart"] and "--model.n_layer" in maskdp_cell  # causal finetuning
+    mtm_cell = run.cell_cmd(compare, run.Cell("rtg", "walker-walk", 10, "mtm", 1))
+    assert "--model.n_enc_layer" in mtm_cell and "--method" not in mtm_cell  # MTM's own module, from its checkpoint
+    original = run.cell_cmd(compare, run.Cell("bc", "walker-walk", 10, "smart-original", 1))
+    assert original[-4:] == ["--data.normalize_obs", "false", "--model.rtg_scale", "1"]
+    assert "--data.normalize_obs" not in run.cell_cmd(compare, run.Cell("bc", "walker-walk", 10, "smart", 1))
+    with open(os.path.join(preset.PRESET_DIR, "compare.yaml")) as f:
+        good = f.read()
+    with pytest.raises(ArgumentError, match="finetune_flags names mae, which are not inits"):
+        preset.load_preset(_write(tmp_path, good.replace("  maskdp: [--method, smart]", "  mae: [--method, smart]")))
+    with pytest.raises(ArgumentError, match="inits.mtm: expected .*rand, full or mix"):
+        preset.load_preset(_write(tmp_path, good.replace("mtm: [mix,", "mtm: [both,")))
 
 
 def test_report_on_committed_cells_matches_committed_point_estimates(tmp_path):

@@ -17,6 +17,7 @@ import yaml
 from control_pretrain.errors import ArgumentError
 
 SCORES = ("return", "demonstrator")
+DATA_KINDS = ("rand", "full", "mix")
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
 
@@ -53,9 +54,12 @@ class Preset:
     # How a run's test return becomes a score: "return" = return / 10 (dm_control returns lie in [0, 1000]);
     # "demonstrator" = return / the demonstrator's mean return x 100 (Premier-TACO's expert-normalised score)
     score: str = "return"
-    # Pretrained inits beside scratch: name -> [pretraining data kind (rand or full), extra dmc_pretrain.py flags]
+    # Pretrained inits beside scratch: name -> [pretraining data kind, extra dmc_pretrain.py flags]; the kind is
+    # rand (random policy), full (SAC replay) or mix (both files of every task, all their steps)
     inits: dict[str, list[str]] = dataclasses.field(
         default_factory=lambda: {"pretrained-random": ["rand"], "pretrained-sac": ["full"]})
+    # Extra dmc_downstream.py flags of an init's finetuning cells (e.g. the reference's raw observations)
+    finetune_flags: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     data_dir: str = ""  # "": data/study_{name} (data/study for cpu); another preset's folder shares its data
     notes: str = ""
 
@@ -130,9 +134,15 @@ def load_preset(name_or_path: str) -> Preset:
         raise ArgumentError(f"{path}: missing key(s) {', '.join(missing)}; every preset sets them.")
     values = {k: _conform(v, hints[k], f"{path}: {k}") for k, v in raw.items()}
     for init, spec in values.get("inits", {}).items():
-        if not spec or spec[0] not in ("rand", "full") or init == "scratch":
-            raise ArgumentError(f"{path}: inits.{init}: expected a name other than scratch and [rand or full, "
+        if not spec or spec[0] not in DATA_KINDS or init == "scratch":
+            raise ArgumentError(f"{path}: inits.{init}: expected a name other than scratch and [rand, full or mix, "
                                 f"flags...], found {spec!r}.")
+
     if values.get("score", "return") not in SCORES:
         raise ArgumentError(f"{path}: score: expected one of {', '.join(SCORES)}, found {values['score']!r}.")
-    return Preset(name=os.path.splitext(os.path.basename(path))[0], **values)
+    preset = Preset(name=os.path.splitext(os.path.basename(path))[0], **values)
+    unknown_inits = sorted(set(preset.finetune_flags) - set(preset.init_names))
+    if unknown_inits:
+        raise ArgumentError(f"{path}: finetune_flags names {', '.join(unknown_inits)}, which are not inits "
+                            f"({', '.join(preset.init_names)}).")
+    return preset

@@ -271,6 +271,67 @@ def plot_pretrain(preset, results_dir: str, path: str) -> None:
     plt.close(fig)
 
 
+def plot_profiles(cells: list[dict], scale: dict[str, float], inits: tuple[str, ...], path: str,
+                  score_label: str, n_boot: int) -> None:
+    """Performance profiles (rliable's run-score distributions) of every block, all tasks, last checkpoint: the
+    fraction of runs above each normalised score, with pointwise 95% stratified bootstrap bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bl = blocks(cells)
+    groups = tuple(g for gs in GROUP_SETS.values() for g in gs)
+    fig, axes = plt.subplots(1, len(bl), figsize=(4.2 * len(bl), 3.4), squeeze=False, sharey=True)
+    for ax, (method, episodes) in zip(axes[0], bl):
+        scores = matched_scores(cells, method, episodes, groups, scale, inits)
+        top = max((max(v) for s in scores.values() for v in s.values() if v), default=100.0)
+        taus = np.linspace(0.0, max(100.0, top), 101)
+        for k, init in enumerate(inits):
+            if not scores[init]:
+                continue
+            prof = ss.performance_profile(scores[init], taus)
+            lo, hi = ss.performance_profile_ci(scores[init], taus, n_boot=min(n_boot, 2000), seed=k)
+            ax.plot(taus, prof, color=color(init, inits), label=init)
+            ax.fill_between(taus, lo, hi, color=color(init, inits), alpha=0.12)
+        ax.set_title(f"{method.upper()}, {episodes} episodes (all tasks)", fontsize=10)
+        ax.set_xlabel(f"normalised score τ ({score_label})", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction of runs with score > τ")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def pretrain_cost(preset, results_dir: str) -> list[dict]:
+    """Per pretraining run: wall time (1 torch thread, so CPU hours = wall hours), samples and samples/s."""
+    rows = []
+    for name, (kind, *flags) in preset.pretrain_runs().items():
+        f = os.path.join(results_dir, f"pretrain_{name}.json")
+        if not os.path.exists(f):
+            continue
+        with open(f) as fh:
+            rec = json.load(fh)
+        steps = (preset.pretrain_epochs * preset.pretrain_batches_per_epoch  # what ran: limit_train_batches
+                 or max((s for s, _ in rec["scalars"].get("train/loss", [])), default=0) + 1)  # else the last log
+        rows.append({"run": name, "inits": [i for i in preset.inits if preset.pretrain_run(i) == name],
+                     "data": kind, "optimizer_steps": steps, "samples": steps * preset.batch_size,
+                     "wall_s": rec["wall_s"], "samples_per_s": steps * preset.batch_size / rec["wall_s"]})
+    return rows
+
+
+def cost_markdown(summary: dict) -> str:
+    lines = ["#### Cost", "", "| pretraining run | inits | data | optimiser steps | samples/s | wall (min) |",
+             "|---|---|---|---|---|---|"]
+    for r in summary["pretrain_cost"]:
+        lines.append(f"| {r['run']} | {', '.join(r['inits'])} | {r['data']} | {r['optimizer_steps']} | "
+                     f"{r['samples_per_s']:.0f} | {r['wall_s'] / 60:.1f} |")
+    lines += ["", "Finetuning, mean wall time per cell (s): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in summary["wall_s_per_init"].items()), ""]
+    return "\n".join(lines)
+
+
 def write_text(path: str, text: str) -> None:
     """Atomic: temp file + rename, so an interrupted report never leaves half a summary."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -295,9 +356,13 @@ def write_report(preset, data: dict, results_dir: str | None = None, img_dir: st
     # sorted: a set's order changes from run to run (hash seeds), the summary's key order must not
     summary["wall_s_per_cell"] = {m: float(np.mean([c["wall_s"] for c in cells if c["cell"]["method"] == m]))
                                   for m in sorted({c["cell"]["method"] for c in cells})}
+    summary["wall_s_per_init"] = {i: float(np.mean([c["wall_s"] for c in cells if c["cell"]["init"] == i]))
+                                  for i in preset.init_names if any(c["cell"]["init"] == i for c in cells)}
+    summary["pretrain_cost"] = pretrain_cost(preset, results_dir)
+    text = markdown(summary, preset.init_names) + "\n" + cost_markdown(summary)
     os.makedirs(results_dir, exist_ok=True)
     write_text(os.path.join(results_dir, "summary.json"), json.dumps(summary, indent=1))
-    write_text(os.path.join(results_dir, "summary.md"), markdown(summary, preset.init_names))
+    write_text(os.path.join(results_dir, "summary.md"), text)
     if importlib.util.find_spec("matplotlib") is None:
         log.warning("matplotlib is not installed (pip install -e '.[bench]'): plots skipped, tables written")
     else:
@@ -310,5 +375,8 @@ def write_report(preset, data: dict, results_dir: str | None = None, img_dir: st
             plot_curves(cells, method, episodes, preset.init_names,
                         os.path.join(img, f"{prefix}_curves_{method}{episodes}.png"))
         plot_pretrain(preset, results_dir, os.path.join(img, f"{prefix}_pretrain_loss.png"))
-    sys.stdout.write(markdown(summary, preset.init_names) + "\n")  # the tables are the command's output
+        if cells:
+            plot_profiles(cells, scale, preset.init_names, os.path.join(img, f"{prefix}_profiles.png"),
+                          SCORE_LABEL[preset.score], n_boot)
+    sys.stdout.write(text + "\n")  # the tables are the command's output
     return summary

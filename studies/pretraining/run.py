@@ -166,7 +166,7 @@ def sac_eval_every(steps: int) -> int:
 
 def stage_data(p: Preset, tasks: list[str], dry_run: bool) -> None:
     root, logs = data_root(p), f"{data_root(p)}/logs"
-    kinds = {kind for kind, *_ in p.inits.values()}
+    kinds = {k for kind, *_ in p.inits.values() for k in (("rand", "full") if kind == "mix" else (kind,))}
     for task in pretrain_task_list(p):
         if "rand" in kinds:
             ensure_file(h5(f"{root}/pre", "randcollect", task, 1),
@@ -231,10 +231,31 @@ def data_summary(p: Preset, tasks: list[str]) -> dict:
 
 
 # ---- stage: pretrain ------------------------------------------------------------------------------------------
-def model_flags(p: Preset) -> list[str]:
-    return ["--obs_type", p.obs_type, "--model.n_layer", str(p.model["n_layer"]), "--model.n_head",
-            str(p.model["n_head"]), "--model.n_embd", str(p.model["n_embd"]), "--context_length",
-            str(p.context_length), "--data.batch_size", str(p.batch_size), "--data.num_workers", str(p.num_workers)]
+MASKED_METHODS = ("mtm", "maskdp")  # encoder-decoder trunks (lit/mtm_module.py): n_enc_layer + n_dec_layer
+
+
+def flag_value(flags: list[str] | tuple[str, ...], name: str) -> str | None:
+    return next((flags[i + 1] for i in range(len(flags) - 1) if flags[i] == name), None)
+
+
+def masked_trunk(p: Preset, init: str, finetuning: bool) -> bool:
+    """Whether the init's pretraining (or finetuning) runs the masked encoder-decoder: a masked --method in its
+    pretraining flags, unless its finetune flags pick another (``--method smart``: causal finetuning)."""
+    if init == "scratch":
+        return False
+    method = flag_value(p.inits[init][1:], "--method")
+    if finetuning:
+        method = flag_value(p.finetune_flags.get(init, ()), "--method") or method
+    return method in MASKED_METHODS
+
+
+def model_flags(p: Preset, masked: bool = False) -> list[str]:
+    """The preset's sizes; a masked trunk gets n_layer encoder blocks and one decoder block (MTM's split)."""
+    depth = (["--model.n_enc_layer", str(p.model["n_layer"]), "--model.n_dec_layer", "1"] if masked
+             else ["--model.n_layer", str(p.model["n_layer"])])
+    return ["--obs_type", p.obs_type, *depth, "--model.n_head", str(p.model["n_head"]), "--model.n_embd",
+            str(p.model["n_embd"]), "--context_length", str(p.context_length), "--data.batch_size",
+            str(p.batch_size), "--data.num_workers", str(p.num_workers)]
 
 
 def pretrain_dir(p: Preset, run_name: str) -> str:
@@ -247,11 +268,14 @@ def pretrain_ckpt(p: Preset, run_name: str) -> str:
 
 def pretrain_cmd(p: Preset, run_name: str) -> list[str]:
     kind, *flags = p.pretrain_runs()[run_name]
-    steps = p.pretrain_random_steps if kind == "rand" else p.pretrain_sac_steps
+    # --num_steps is per task; mix reads half of it from each kind's file
+    steps = {"rand": p.pretrain_random_steps, "full": p.pretrain_sac_steps,
+             "mix": 2 * min(p.pretrain_random_steps, p.pretrain_sac_steps)}[kind]
     cmd = [sys.executable, "src/dmc_pretrain.py", "--multi_config", p.pretrain_tasks, "--source_data_type", kind,
            "--train_replay_id", "1", "--num_steps", str(steps), "--epochs", str(p.pretrain_epochs),
            "--model_type", "naive", "--data_dir_prefix", f"{data_root(p)}/pre", "--output_dir",
-           pretrain_dir(p, run_name), "--seed_everything", "0", "--quiet", *model_flags(p), *p.extra_train, *flags]
+           pretrain_dir(p, run_name), "--seed_everything", "0", "--quiet",
+           *model_flags(p, flag_value(flags, "--method") in MASKED_METHODS), *p.extra_train, *flags]
     if p.pretrain_batches_per_epoch:
         cmd += ["--trainer.limit_train_batches", str(p.pretrain_batches_per_epoch)]
     return cmd
@@ -301,12 +325,12 @@ def cell_cmd(p: Preset, cell: Cell) -> list[str]:
            "--trainer.max_epochs", "-1", "--trainer.val_check_interval", str(p.val_every),
            "--trainer.check_val_every_n_epoch", "null", "--trainer.limit_val_batches", "4",
            "--trainer.log_every_n_steps", "10", "--output_dir", f"{out_root(p)}/cells/{cell.name}", "--quiet",
-           *model_flags(p), *p.extra_train]
+           *model_flags(p, masked_trunk(p, cell.init, finetuning=True)), *p.extra_train]
     if not bc and cell.task in p.target_returns:
         cmd += ["--target_return", str(p.target_returns[cell.task])]
     if cell.init != "scratch":
         cmd += ["--load_model_from", pretrain_ckpt(p, p.pretrain_run(cell.init)), "--no_load_action"]
-    return cmd
+    return cmd + list(p.finetune_flags.get(cell.init, ()))
 
 
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:

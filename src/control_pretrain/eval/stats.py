@@ -133,6 +133,26 @@ def bootstrap_ci(x: Sequence[float] | np.ndarray, seed: int = 0, n_boot: int = 1
     return _percentile_ci(x[idx].mean(axis=1), level)  # means: (n_boot,)
 
 
+# ---- performance profiles -------------------------------------------------------------------------------------
+def performance_profile(scores: Scores, taus: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The run-score distribution of rliable (Agarwal et al. 2021, Fig. 6): for each threshold tau, the fraction
+    of runs scoring above tau, averaged over tasks so that every task weighs the same; (len(taus),)."""
+    taus = np.asarray(taus, np.float64)
+    per_task = [(np.asarray(v, np.float64).ravel()[:, None] > taus[None, :]).mean(0) for v in scores.values() if len(v)]
+    return np.mean(per_task, 0) if per_task else np.full(taus.shape, np.nan)
+
+
+def performance_profile_ci(scores: Scores, taus: Sequence[float] | np.ndarray, n_boot: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise percentile CI (lo, hi) of ``performance_profile`` under stratified resampling of runs."""
+    scores = {k: v for k, v in scores.items() if len(v)}
+    rng = np.random.default_rng(seed)
+    values = np.stack([performance_profile(stratified_resample(scores, rng), taus) for _ in range(n_boot)])
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha], axis=0)  # each (len(taus),)
+    return lo, hi
+
+
 # ---- probability of improvement -------------------------------------------------------------------------------
 def pairwise_improvement(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """P(X > Y) + P(X = Y)/2 over all pairs of one run of x and one run of y (U / (n m)); NaN if one is empty."""
