@@ -18,7 +18,7 @@ def rollout(domain: str, task: str, episodes: int, action_repeat: int, seed: int
         rows: dict[str, list] = {k: [] for k in ("observations", "physics", "qpos", "qvel", "actions", "rewards",
                                                  "timeouts")}
 
-        def record(obs):
+        def record(obs, rows=rows):
             rows["observations"].append(obs)
             rows["physics"].append(env.physics.get_state().copy())  # float64, as ExORL stores it
             rows["qpos"].append(env.physics.data.qpos.copy())

@@ -12,7 +12,11 @@ step is a true termination, otherwise the episode ends by time limit.
 
 Rewards: ExORL's data is task-agnostic and its loader always relabels them for the chosen task from ``physics``
 (``relable_episode``: the task's reward of the state after each step); this importer does the same unless
-``relabel=False`` keeps the stored ones. URLB collects without action repeat, hence the default of 1.
+``relabel=False`` keeps the stored ones. Deviation: the reference leaves the control input at whatever it was,
+so rewards with a control term (cartpole's ``small_control``, ...) come out wrong; we set it to the step's action
+first, and the relabelled rewards then equal what the environment paid (tests/test_import_exorl.py). One state
+per step holds one physics step's reward only, so relabelling needs data without action repeat (URLB's: the
+default of 1).
 """
 
 from __future__ import annotations
@@ -90,12 +94,14 @@ def load_episode(path: str, target: TargetTask) -> dict[str, np.ndarray]:
     return ep
 
 
-def relabel_rewards(env, physics: np.ndarray) -> np.ndarray:
-    """The task's reward of every state, as ExORL's ``relable_episode`` computes it."""
+def relabel_rewards(env, physics: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """The task's reward of every state reached by ``actions[i]``, as ExORL's ``relable_episode`` computes it,
+    with the control set to that action (see the module docstring)."""
     rewards = np.empty(len(physics), np.float32)
-    for i, state in enumerate(physics):
+    for i, (state, action) in enumerate(zip(physics, actions, strict=True)):
         with env.physics.reset_context():
             env.physics.set_state(np.asarray(state, np.float64))
+            env.physics.set_control(np.asarray(action, np.float64))
         rewards[i] = env._env.task.get_reward(env.physics)
     return rewards
 
@@ -104,6 +110,9 @@ def import_exorl(src: str, out: str, domain: str | None = None, task: str | None
                  action_repeat: int = 1, relabel: bool = True, replay_id: int = 1) -> DatasetInfo:
     """Convert the ExORL episodes in ``src`` into the dataset file ``out``; return its validated summary.
     The domain is parsed from ``.../{domain}/{agent}/buffer`` unless given; the task must be given."""
+    if relabel and action_repeat != 1:
+        raise DatasetError(f"{src}: rewards can be relabelled from one state per step only without action repeat "
+                           f"(got --action_repeat {action_repeat}); pass --no_relabel to keep the stored rewards.")
     paths = list_episodes(src)
     parsed_domain, agent = parse_exorl_path(os.path.dirname(paths[0]))
     target = target_task(domain or parsed_domain, task, src)
@@ -115,7 +124,8 @@ def import_exorl(src: str, out: str, domain: str | None = None, task: str | None
             for path in paths:
                 ep = load_episode(path, target)
                 n = len(ep["observation"]) - 1
-                rewards = relabel_rewards(env, ep["physics"][1:]) if relabel else ep["reward"].reshape(-1)[1:]
+                rewards = (relabel_rewards(env, ep["physics"][1:], ep["action"][1:]) if relabel
+                           else ep["reward"].reshape(-1)[1:])
                 terminal = bool(ep["discount"].reshape(-1)[-1] == 0)
                 flags = np.zeros(n, bool)
                 flags[-1] = True
