@@ -113,3 +113,11 @@ def test_without_minari_installed_exits_2_naming_the_extra(monkeypatch, tmp_path
     monkeypatch.setitem(sys.modules, "minari", None)  # what `import minari` meets when the extra is absent
     assert main(["export-minari", str(tmp_path / "any.h5"), "--dataset_id", "dmc/walker-walk/random-v0"]) == 2
     assert "pip install -e .[minari]" in capsys.readouterr().err
+
+
+def test_import_of_an_unknown_id_exits_2_saying_where_it_looked(minari_root, tmp_path, capsys):
+    assert main(["import-minari", "dmc/walker-walk/nothing-v0", "--out", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert str(minari_root) in err and "minari list local" in err
+    assert main(["import-minari", "not an id", "--out", str(tmp_path / "x.h5")]) == 2
+    assert "not a Minari dataset id" in capsys.readouterr().err
