@@ -121,3 +121,19 @@ def test_import_of_an_unknown_id_exits_2_saying_where_it_looked(minari_root, tmp
     assert str(minari_root) in err and "minari list local" in err
     assert main(["import-minari", "not an id", "--out", str(tmp_path / "x.h5")]) == 2
     assert "not a Minari dataset id" in capsys.readouterr().err
+
+
+def test_export_with_an_action_repeat_that_does_not_divide_the_time_limit(tmp_path, minari_root):
+    """Action repeat 3: the last of 334 steps ran one physics step only; the rebuilt one must stop there too."""
+    assert main(["collect", "--domain", "cartpole", "--task", "swingup", "--num_steps", "334", "--action_repeat", "3",
+                 "--data_dir_prefix", str(tmp_path), "--quiet", "--workers", "1"]) == 0
+    path = tmp_path / "randcollect_cartpole_swingup" / "cartpole_swingup_s1.h5"
+    assert main(["export-minari", str(path), "--dataset_id", "cartpole-swingup-v0"]) == 0
+    (episode,) = minari.load_dataset("cartpole-swingup-v0").iterate_episodes()
+    env = make_env("cartpole", "swingup", seed=1, action_repeat=3)
+    env.reset()
+    for action in episode.actions:
+        obs, *_ = env.step(action)
+    env.close()
+    assert len(episode.actions) == 334
+    np.testing.assert_allclose(episode.observations[-1], obs, atol=1e-5)

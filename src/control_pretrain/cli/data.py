@@ -127,7 +127,7 @@ def _import_d4rl(args: argparse.Namespace) -> None:
 
     _refuse_overwrite(args.out, args.overwrite)
     info = import_d4rl(args.file, args.out, domain=args.domain, task=args.task, action_repeat=args.action_repeat,
-                       replay_id=args.replay_id or 1)
+                       replay_id=1 if args.replay_id is None else args.replay_id)
     print(f"{args.out}: {info.num_steps} steps, {info.num_episodes} episodes")
 
 
@@ -137,7 +137,7 @@ def _import_exorl(args: argparse.Namespace) -> None:
     _refuse_overwrite(args.out, args.overwrite)
     info = import_exorl(args.dir, args.out, domain=args.domain, task=args.task,
                         action_repeat=args.action_repeat or 1, relabel=not args.no_relabel,
-                        replay_id=args.replay_id or 1)
+                        replay_id=1 if args.replay_id is None else args.replay_id)
     print(f"{args.out}: {info.num_steps} steps, {info.num_episodes} episodes")
 
 

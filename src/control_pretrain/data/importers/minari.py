@@ -82,6 +82,9 @@ def final_step(env: DMCEnv, episode: dict[str, np.ndarray], where: str) -> tuple
             f"{episode['observations'][-1]}: this task's observation depends on more than physics.get_state() "
             "(e.g. reacher's and finger's targets), so the final observation Minari needs cannot be rebuilt."
         )
+    # The time limit counts physics steps since the reset, and get_state() holds no time: set the count the last
+    # step started at, so an action repeat that does not divide the limit stops the rebuilt step where it stopped.
+    env._env._step_count = (len(episode["actions"]) - 1) * env.action_repeat
     obs, reward, _, _ = env.step(episode["actions"][-1])
     if abs(reward - float(episode["rewards"][-1])) > RESTORE_TOLERANCE * env.action_repeat:
         raise DatasetError(
