@@ -113,6 +113,7 @@ def test_comparison_inits_share_data_and_sizes_and_keep_their_finetuning_flags(t
     assert maskdp_cell[-2:] == ["--method", "smart"] and "--model.n_layer" in maskdp_cell  # causal finetuning
     mtm_cell = run.cell_cmd(compare, run.Cell("rtg", "walker-walk", 10, "mtm", 1))
     assert "--model.n_enc_layer" in mtm_cell and "--method" not in mtm_cell  # MTM's own module, from its checkpoint
+    assert mtm_cell[-2:] == ["--model.lr", "0.0006"]
     original = run.cell_cmd(compare, run.Cell("bc", "walker-walk", 10, "smart-original", 1))
     assert original[-4:] == ["--data.normalize_obs", "false", "--model.rtg_scale", "1"]
     assert "--data.normalize_obs" not in run.cell_cmd(compare, run.Cell("bc", "walker-walk", 10, "smart", 1))
