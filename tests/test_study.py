@@ -29,7 +29,7 @@ report = _load("report")
 
 
 def test_shipped_presets_load_typed():
-    assert preset.preset_names() == ["compare", "cpu", "mlr_offline", "objectives", "paper", "transfer"]
+    assert preset.preset_names() == ["compare", "compare_paper", "cpu", "mlr_offline", "objectives", "paper", "transfer"]
     cpu, paper = preset.load_preset("cpu"), preset.load_preset("paper")
     assert cpu.name == "cpu" and cpu.episodes == (10, 50) and cpu.seeds == (1, 2, 3)
     assert cpu.model == {"n_layer": 2, "n_head": 2, "n_embd": 64} and cpu.target_returns == {"reacher-easy": 1000.0}
@@ -60,7 +60,7 @@ def test_preset_errors_name_file_and_key(tmp_path):
         preset.load_preset(_write(tmp_path, good.replace("seeds: [1, 2, 3]", "seeds: [1, two]")))
     with pytest.raises(ArgumentError, match=r"missing key\(s\) val_every"):
         preset.load_preset(_write(tmp_path, good.replace("val_every: 100\n", "")))
-    with pytest.raises(ArgumentError, match="--preset gpu: no preset file.*compare, cpu, mlr_offline, objectives"):
+    with pytest.raises(ArgumentError, match="--preset gpu: no preset file.*compare, compare_paper, cpu, mlr_offline"):
         preset.load_preset("gpu")
     with pytest.raises(ArgumentError, match="score: expected one of return, demonstrator, found 'expert'"):
         preset.load_preset(_write(tmp_path, good + "score: expert\n"))

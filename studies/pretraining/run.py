@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
         stage_pretrain(p, list(p.pretrain_runs()), args.dry_run)
     if args.stage in ("all", "cells"):
         stage_cells(p, cells, args.jobs, args.stop_at, args.kill_at, args.dry_run)
-    if args.stage in ("all", "report"):
+    if args.stage in ("all", "report") and not args.dry_run:
         from report import write_report
 
         write_report(p, data_summary(p, [t for ts in p.tasks.values() for t in ts]))
